@@ -1,8 +1,11 @@
 //! Compiles `proto/` with protox (pure Rust), so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["objects", "store", "control", "swarm"]
+    // Read at run time: a path baked in at compile time goes stale if the build script binary
+    // is reused from another checkout.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
+    let root = std::path::Path::new(&manifest_dir).join("../../proto");
+    let files = ["objects", "store", "control", "swarm", "raft"]
         .map(|name| root.join(format!("shoal/v1/{name}.proto")));
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());

@@ -1,0 +1,483 @@
+//! The control API (`shoal.v1.Control`): reads from a current view of the store, writes as
+//! transactions committed through the replicated log. Validation happens here, before anything
+//! is proposed, so a bad request never reaches the log.
+
+use std::sync::{Arc, RwLock};
+
+use shoal_api::object::Object;
+use shoal_api::v1::control_server::{Control, ControlServer};
+use shoal_api::v1::*;
+use shoal_api::{id, validate};
+use shoal_pki::JoinToken;
+use shoal_store::View;
+use tonic::{Request, Response, Status};
+
+use crate::bootstrap::{MIN_CERT_EXPIRY_SECS, remove, update};
+use crate::{Manager, ManagerError, now_timestamp};
+
+/// The manager this host currently runs, if any. The daemon fills it on `swarm init` (or at
+/// start when the host is already a manager) and empties it on `swarm leave`.
+#[derive(Clone, Default)]
+pub struct ManagerSlot(Arc<RwLock<Option<Arc<Manager>>>>);
+
+impl ManagerSlot {
+    pub fn set(&self, manager: Option<Arc<Manager>>) {
+        *self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = manager;
+    }
+
+    pub fn get(&self) -> Option<Arc<Manager>> {
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+/// The control API service, backed by whichever [`Manager`] the slot holds.
+pub struct ControlApi {
+    slot: ManagerSlot,
+}
+
+impl ControlApi {
+    pub fn new(slot: ManagerSlot) -> Self {
+        ControlApi { slot }
+    }
+
+    fn manager(&self) -> Result<Arc<Manager>, ManagerError> {
+        self.slot.get().ok_or_else(|| {
+            ManagerError::FailedPrecondition(
+                "this node is not a swarm manager: use \"shoal swarm init\" or \"shoal swarm join\" to connect it to a swarm"
+                    .to_owned(),
+            )
+        })
+    }
+
+    pub fn into_server(self) -> ControlServer<ControlApi> {
+        ControlServer::new(self)
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn node_hostname(node: &Node) -> &str {
+    node.description.as_ref().map_or("", |d| d.hostname.as_str())
+}
+
+/// Resolves a node by ID, unique ID prefix, or unique hostname.
+fn lookup_node(view: &View, reference: &str) -> Result<Node, ManagerError> {
+    match view.lookup::<Node>(reference) {
+        Ok(node) => Ok(node.clone()),
+        Err(shoal_store::LookupError::NotFound { .. }) => {
+            let mut by_host = view
+                .list::<Node>()
+                .into_iter()
+                .filter(|n| node_hostname(n) == reference);
+            match (by_host.next(), by_host.next()) {
+                (Some(node), None) => Ok(node.clone()),
+                (Some(_), Some(_)) => Err(ManagerError::InvalidArgument(format!(
+                    "node reference {reference:?} is ambiguous: several nodes have this hostname; use the node ID"
+                ))),
+                _ => Err(ManagerError::NotFound(format!("no such node: {reference}"))),
+            }
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+fn labels_of(annotations: &Option<Annotations>) -> Option<&std::collections::HashMap<String, String>> {
+    annotations.as_ref().map(|a| &a.labels)
+}
+
+/// True when `object` passes every filter (names and ID prefixes match any; labels all).
+fn matches_filters(
+    filters: &Option<ListFilters>,
+    id: &str,
+    names: &[&str],
+    labels: Option<&std::collections::HashMap<String, String>>,
+) -> bool {
+    let Some(filters) = filters else {
+        return true;
+    };
+    if !filters.names.is_empty()
+        && !filters
+            .names
+            .iter()
+            .any(|wanted| names.iter().any(|name| name.starts_with(wanted.as_str())))
+    {
+        return false;
+    }
+    if !filters.id_prefixes.is_empty()
+        && !filters.id_prefixes.iter().any(|p| id.starts_with(p.as_str()))
+    {
+        return false;
+    }
+    filters.labels.iter().all(|(key, value)| {
+        labels
+            .and_then(|l| l.get(key))
+            .is_some_and(|have| value.is_empty() || have == value)
+    })
+}
+
+fn the_cluster(view: &View) -> Result<Cluster, ManagerError> {
+    view.cluster()
+        .cloned()
+        .ok_or_else(|| ManagerError::Internal("the cluster object is missing".to_owned()))
+}
+
+/// The cluster as clients may see it: never the CA's private key.
+fn redact_cluster(mut cluster: Cluster) -> Cluster {
+    if let Some(root) = cluster.root_ca.as_mut() {
+        root.ca_key.clear();
+    }
+    cluster
+}
+
+fn validate_node_spec(spec: &NodeSpec) -> Result<(), ManagerError> {
+    if let Some(annotations) = &spec.annotations {
+        validate::labels(annotations.labels.keys())?;
+    }
+    NodeRole::try_from(spec.desired_role)
+        .map_err(|_| ManagerError::InvalidArgument(format!("invalid node role {}", spec.desired_role)))?;
+    NodeAvailability::try_from(spec.availability).map_err(|_| {
+        ManagerError::InvalidArgument(format!("invalid node availability {}", spec.availability))
+    })?;
+    Ok(())
+}
+
+fn validate_cluster_spec(spec: &ClusterSpec) -> Result<(), ManagerError> {
+    if let Some(ca) = &spec.ca
+        && ca.node_cert_expiry_secs < MIN_CERT_EXPIRY_SECS
+    {
+        return Err(ManagerError::InvalidArgument(format!(
+            "certificate expiry of {}s is below the minimum of 1 hour",
+            ca.node_cert_expiry_secs
+        )));
+    }
+    if let Some(raft) = &spec.raft
+        && raft.snapshot_interval == 0
+    {
+        return Err(ManagerError::InvalidArgument(
+            "raft snapshot interval must be at least 1".to_owned(),
+        ));
+    }
+    if let Some(annotations) = &spec.annotations {
+        validate::labels(annotations.labels.keys())?;
+    }
+    Ok(())
+}
+
+fn validate_config_spec(spec: &ConfigSpec) -> Result<&str, ManagerError> {
+    let annotations = spec
+        .annotations
+        .as_ref()
+        .ok_or_else(|| ManagerError::InvalidArgument("a config needs a name".to_owned()))?;
+    validate::object_name("config", &annotations.name)?;
+    validate::labels(annotations.labels.keys())?;
+    validate::size("config data", spec.data.len(), validate::MAX_CONFIG_SIZE)?;
+    Ok(&annotations.name)
+}
+
+fn touch<T: Object>(object: &mut T, version: u64) {
+    let meta = object.meta_mut();
+    meta.version = version;
+    meta.updated_at = Some(now_timestamp());
+}
+
+#[tonic::async_trait]
+impl Control for ControlApi {
+    async fn get_node(&self, request: Request<GetNodeRequest>) -> Reply<GetNodeResponse> {
+        let manager = self.manager()?;
+        let view = manager.current_view().await?;
+        let node = lookup_node(&view, &request.get_ref().node)?;
+        Ok(Response::new(GetNodeResponse { node: Some(node) }))
+    }
+
+    async fn list_nodes(&self, request: Request<ListNodesRequest>) -> Reply<ListNodesResponse> {
+        let manager = self.manager()?;
+        let view = manager.current_view().await?;
+        let filters = &request.get_ref().filters;
+        let nodes = view
+            .iter::<Node>()
+            .filter(|n| {
+                let spec_name = n.name();
+                matches_filters(
+                    filters,
+                    &n.id,
+                    &[node_hostname(n), spec_name],
+                    n.spec.as_ref().and_then(|s| labels_of(&s.annotations)),
+                )
+            })
+            .cloned()
+            .collect();
+        Ok(Response::new(ListNodesResponse { nodes }))
+    }
+
+    async fn update_node(&self, request: Request<UpdateNodeRequest>) -> Reply<UpdateNodeResponse> {
+        let manager = self.manager()?;
+        let request = request.into_inner();
+        let spec = request
+            .spec
+            .ok_or_else(|| ManagerError::InvalidArgument("missing node spec".to_owned()))?;
+        validate_node_spec(&spec)?;
+        let view = manager.current_view().await?;
+        let mut node = view
+            .get::<Node>(&request.node_id)
+            .cloned()
+            .ok_or_else(|| ManagerError::NotFound(format!("no such node: {}", request.node_id)))?;
+        let demoting = spec.desired_role == NodeRole::Worker as i32
+            && node.spec.as_ref().is_some_and(|s| s.desired_role == NodeRole::Manager as i32);
+        if demoting {
+            let managers = view
+                .list::<Node>()
+                .iter()
+                .filter(|n| n.spec.as_ref().is_some_and(|s| s.desired_role == NodeRole::Manager as i32))
+                .count();
+            if managers <= 1 {
+                return Err(ManagerError::FailedPrecondition(format!(
+                    "node {} is the last manager of the swarm and cannot be demoted",
+                    node.id
+                ))
+                .into());
+            }
+        }
+        node.spec = Some(spec);
+        touch(&mut node, request.version);
+        let index = self
+            .manager
+            .commit(Transaction {
+                actions: vec![update(node.clone())],
+            })
+            .await?;
+        node.meta_mut().version = index;
+        Ok(Response::new(UpdateNodeResponse { node: Some(node) }))
+    }
+
+    async fn remove_node(&self, request: Request<RemoveNodeRequest>) -> Reply<RemoveNodeResponse> {
+        let manager = self.manager()?;
+        let request = request.into_inner();
+        let view = manager.current_view().await?;
+        let node = lookup_node(&view, &request.node_id)?;
+        if node.id == manager.node_id() {
+            return Err(ManagerError::FailedPrecondition(format!(
+                "node {} is this manager; use \"shoal swarm leave\" on it instead",
+                node.id
+            ))
+            .into());
+        }
+        if node.role == NodeRole::Manager as i32 {
+            return Err(ManagerError::FailedPrecondition(format!(
+                "node {} is a manager and a member of the raft cluster: demote it before removing it",
+                node.id
+            ))
+            .into());
+        }
+        let state = node.status.as_ref().map_or(0, |s| s.state);
+        if !request.force && state != NodeState::Down as i32 {
+            return Err(ManagerError::FailedPrecondition(format!(
+                "node {} is not down and can't be removed: stop it or use --force",
+                node.id
+            ))
+            .into());
+        }
+        // Removal revokes the node's certificate in the same transaction, so a removed node can
+        // never again pass the mutual-TLS check.
+        let mut cluster = the_cluster(&view)?;
+        if let Some(cert) = &node.certificate
+            && !cert.serial.is_empty()
+        {
+            cluster.revoked_certificates.push(RevokedCertificate {
+                serial: cert.serial.clone(),
+                node_id: node.id.clone(),
+                expires: cert.not_after,
+            });
+        }
+        let cluster_version = cluster.version();
+        touch(&mut cluster, cluster_version);
+        let node_version = node.version();
+        let mut removed = node;
+        removed.meta_mut().version = node_version;
+        manager
+            .commit(Transaction {
+                actions: vec![update(cluster), remove(removed)],
+            })
+            .await?;
+        Ok(Response::new(RemoveNodeResponse {}))
+    }
+
+    async fn get_cluster(&self, _request: Request<GetClusterRequest>) -> Reply<GetClusterResponse> {
+        let manager = self.manager()?;
+        let view = manager.current_view().await?;
+        let cluster = the_cluster(&view)?;
+        Ok(Response::new(GetClusterResponse {
+            cluster: Some(redact_cluster(cluster)),
+        }))
+    }
+
+    async fn update_cluster(
+        &self,
+        request: Request<UpdateClusterRequest>,
+    ) -> Reply<UpdateClusterResponse> {
+        let manager = self.manager()?;
+        let request = request.into_inner();
+        let spec = request
+            .spec
+            .ok_or_else(|| ManagerError::InvalidArgument("missing cluster spec".to_owned()))?;
+        validate_cluster_spec(&spec)?;
+        let view = manager.current_view().await?;
+        let mut cluster = view.get::<Cluster>(&request.cluster_id).cloned().ok_or_else(|| {
+            ManagerError::NotFound(format!("no such cluster: {}", request.cluster_id))
+        })?;
+        cluster.spec = Some(spec);
+        if let Some(root) = cluster.root_ca.as_mut() {
+            let digest = root.ca_cert_digest.clone();
+            let tokens = root.join_tokens.get_or_insert_with(Default::default);
+            if request.rotate_worker_token {
+                tokens.worker = JoinToken::generate(&digest).to_string();
+            }
+            if request.rotate_manager_token {
+                tokens.manager = JoinToken::generate(&digest).to_string();
+            }
+        }
+        touch(&mut cluster, request.version);
+        let index = self
+            .manager
+            .commit(Transaction {
+                actions: vec![update(cluster.clone())],
+            })
+            .await?;
+        cluster.meta_mut().version = index;
+        Ok(Response::new(UpdateClusterResponse {
+            cluster: Some(redact_cluster(cluster)),
+        }))
+    }
+
+    async fn create_config(
+        &self,
+        request: Request<CreateConfigRequest>,
+    ) -> Reply<CreateConfigResponse> {
+        let manager = self.manager()?;
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| ManagerError::InvalidArgument("missing config spec".to_owned()))?;
+        let name = validate_config_spec(&spec)?.to_owned();
+        let now = now_timestamp();
+        let mut config = Config {
+            id: id::new_id(),
+            meta: Some(Meta {
+                version: 0,
+                created_at: Some(now),
+                updated_at: Some(now),
+            }),
+            spec: Some(spec),
+        };
+        let index = self
+            .manager
+            .commit(Transaction {
+                actions: vec![crate::bootstrap::create(config.clone())],
+            })
+            .await
+            .map_err(|e| match e {
+                ManagerError::AlreadyExists(_) => ManagerError::AlreadyExists(format!(
+                    "a config named {name:?} already exists"
+                )),
+                other => other,
+            })?;
+        config.meta_mut().version = index;
+        Ok(Response::new(CreateConfigResponse {
+            config: Some(config),
+        }))
+    }
+
+    async fn get_config(&self, request: Request<GetConfigRequest>) -> Reply<GetConfigResponse> {
+        let manager = self.manager()?;
+        let view = manager.current_view().await?;
+        let config = view
+            .lookup::<Config>(&request.get_ref().config)
+            .map_err(ManagerError::from)?
+            .clone();
+        Ok(Response::new(GetConfigResponse {
+            config: Some(config),
+        }))
+    }
+
+    async fn update_config(
+        &self,
+        request: Request<UpdateConfigRequest>,
+    ) -> Reply<UpdateConfigResponse> {
+        let manager = self.manager()?;
+        let request = request.into_inner();
+        let spec = request
+            .spec
+            .ok_or_else(|| ManagerError::InvalidArgument("missing config spec".to_owned()))?;
+        validate_config_spec(&spec)?;
+        let view = manager.current_view().await?;
+        let mut config = view.get::<Config>(&request.config_id).cloned().ok_or_else(|| {
+            ManagerError::NotFound(format!("no such config: {}", request.config_id))
+        })?;
+        let current = config.spec.clone().unwrap_or_default();
+        if current.data != spec.data || current.annotations.as_ref().map(|a| &a.name)
+            != spec.annotations.as_ref().map(|a| &a.name)
+        {
+            return Err(ManagerError::InvalidArgument(
+                "only the labels of a config can be updated; its name and data are immutable"
+                    .to_owned(),
+            )
+            .into());
+        }
+        config.spec = Some(spec);
+        touch(&mut config, request.version);
+        let index = self
+            .manager
+            .commit(Transaction {
+                actions: vec![update(config.clone())],
+            })
+            .await?;
+        config.meta_mut().version = index;
+        Ok(Response::new(UpdateConfigResponse {
+            config: Some(config),
+        }))
+    }
+
+    async fn list_configs(
+        &self,
+        request: Request<ListConfigsRequest>,
+    ) -> Reply<ListConfigsResponse> {
+        let manager = self.manager()?;
+        let view = manager.current_view().await?;
+        let filters = &request.get_ref().filters;
+        let configs = view
+            .iter::<Config>()
+            .filter(|c| {
+                matches_filters(
+                    filters,
+                    &c.id,
+                    &[c.name()],
+                    c.spec.as_ref().and_then(|s| labels_of(&s.annotations)),
+                )
+            })
+            .cloned()
+            .collect();
+        Ok(Response::new(ListConfigsResponse { configs }))
+    }
+
+    async fn remove_config(
+        &self,
+        request: Request<RemoveConfigRequest>,
+    ) -> Reply<RemoveConfigResponse> {
+        let manager = self.manager()?;
+        let view = manager.current_view().await?;
+        let config = view
+            .lookup::<Config>(&request.get_ref().config_id)
+            .map_err(ManagerError::from)?
+            .clone();
+        // Services cannot reference configs yet; when they can, removal of a config in use
+        // must be refused here.
+        manager
+            .commit(Transaction {
+                actions: vec![remove(config)],
+            })
+            .await?;
+        Ok(Response::new(RemoveConfigResponse {}))
+    }
+}

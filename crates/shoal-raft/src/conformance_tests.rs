@@ -1,0 +1,53 @@
+//! Runs openraft's storage conformance suite against the redb log store and snapshot store.
+
+use std::sync::Arc;
+
+use openraft::StorageError;
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::type_config::TypeConfigExt;
+use parking_lot::Mutex;
+use tempfile::TempDir;
+
+use crate::log_store::LogStore;
+use crate::state_machine::{SmStore, SnapshotStore, StateMachine};
+use crate::types::TypeConfig;
+
+#[derive(Default)]
+struct Counter(Mutex<u64>);
+
+impl StateMachine for Counter {
+    fn apply(&self, _index: u64, _proposal: &[u8]) -> Vec<u8> {
+        let mut n = self.0.lock();
+        *n += 1;
+        n.to_le_bytes().to_vec()
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.lock().to_le_bytes().to_vec()
+    }
+    fn restore(&self, _index: u64, data: &[u8]) -> Result<(), String> {
+        let bytes: [u8; 8] = data
+            .try_into()
+            .map_err(|_| "bad counter snapshot".to_string())?;
+        *self.0.lock() = u64::from_le_bytes(bytes);
+        Ok(())
+    }
+}
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, SmStore, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, LogStore, SmStore), StorageError<TypeConfig>> {
+        let err = |e: String| StorageError::read(TypeConfig::err_from_string(e));
+        let dir = tempfile::tempdir().map_err(|e| err(e.to_string()))?;
+        let log = LogStore::open(&dir.path().join("raft.redb")).map_err(|e| err(e.to_string()))?;
+        let snapshots = SnapshotStore::open(&dir.path().join("snapshots.redb"))
+            .map_err(|e| err(e.to_string()))?;
+        let sm = SmStore::new(Arc::new(Counter::default()), snapshots);
+        Ok((dir, log, sm))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite() {
+    Suite::test_all(Builder).await.expect("storage suite");
+}

@@ -1,0 +1,216 @@
+//! Three nodes in one process over `LocalNetwork`: membership, failover, catch-up by log and by
+//! (chunked) snapshot, and AppendEntries kept under the message limit.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::{Node, config, open_local, wait_until};
+use shoal_raft::{LocalNetwork, ProposeError, RaftConfig};
+
+const T: Duration = Duration::from_secs(20);
+
+/// Starts nodes 1..=3 with node 1 bootstrapping, 2 and 3 joining as learners then voters.
+async fn three_nodes(net: &LocalNetwork, cfg: impl Fn(u64) -> RaftConfig) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(open_local(cfg(id), net).await);
+    }
+    nodes[0].log.initialize_single("n1".into()).await.unwrap();
+    wait_until(T, "node 1 leads", || nodes[0].log.is_leader()).await;
+    nodes[0]
+        .log
+        .add_learner(2, "n2".into(), true)
+        .await
+        .unwrap();
+    nodes[0]
+        .log
+        .add_learner(3, "n3".into(), true)
+        .await
+        .unwrap();
+    let status = nodes[0].log.status();
+    assert_eq!(status.learners, vec![2, 3]);
+    nodes[0]
+        .log
+        .change_voters(BTreeSet::from([1, 2, 3]))
+        .await
+        .unwrap();
+    let status = nodes[0].log.status();
+    assert_eq!(status.voters, vec![1, 2, 3]);
+    assert!(status.learners.is_empty());
+    assert_eq!(status.members.get(&2).map(String::as_str), Some("n2"));
+    nodes
+}
+
+async fn write(node: &Node, prefix: &str, n: usize) {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let log = node.log.clone();
+            let p = format!("{prefix}-{i}").into_bytes();
+            tokio::spawn(async move { log.propose(p).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().expect("propose");
+    }
+}
+
+fn leader_of(nodes: &[&Node]) -> Option<usize> {
+    nodes.iter().position(|n| n.log.is_leader())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_and_catch_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = LocalNetwork::new();
+    let mut nodes = three_nodes(&net, |id| config(id, dir.path())).await;
+
+    write(&nodes[0], "first", 200).await;
+    let expected = nodes[0].sm.items();
+    wait_until(T, "followers applied", || {
+        nodes.iter().all(|n| n.sm.items() == expected)
+    })
+    .await;
+
+    // A follower refuses writes and names the leader.
+    match nodes[1].log.propose(b"nope".to_vec()).await {
+        Err(ProposeError::NotLeader {
+            leader_id: Some(1),
+            leader_addr: Some(addr),
+        }) => assert_eq!(addr, "n1"),
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+    assert!(matches!(
+        nodes[1].log.ensure_linearizable().await,
+        Err(ProposeError::NotLeader { .. })
+    ));
+    nodes[0].log.ensure_linearizable().await.unwrap();
+
+    // Kill the leader.
+    let mut watch = nodes[1].log.leader_watch();
+    let old = nodes.remove(0);
+    let killed = Instant::now();
+    old.log.shutdown().await;
+    net.unregister(1);
+    let survivors: Vec<&Node> = nodes.iter().collect();
+    wait_until(Duration::from_secs(3), "a new leader", || {
+        leader_of(&survivors).is_some()
+    })
+    .await;
+    let elapsed = killed.elapsed();
+    println!("new leader elected {elapsed:?} after the leader was stopped");
+    assert!(elapsed < Duration::from_secs(3));
+    let new_leader = leader_of(&survivors).unwrap();
+    let new_id = survivors[new_leader].log.id();
+    watch
+        .wait_for(|l| *l == Some(new_id))
+        .await
+        .expect("leader watch follows the election");
+
+    // Writes continue with two of three voters.
+    write(survivors[new_leader], "second", 100).await;
+    let expected = survivors[new_leader].sm.items();
+    assert_eq!(expected.len(), 300);
+
+    // The old leader restarts from its disk and catches up.
+    let restarted = open_local(config(1, dir.path()), &net).await;
+    wait_until(T, "restarted node caught up", || {
+        restarted.sm.items() == expected
+    })
+    .await;
+    assert!(!restarted.log.is_leader());
+    assert_eq!(restarted.log.status().leader_id, Some(new_id));
+    for n in nodes.iter().chain([&restarted]) {
+        n.log.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_learner_catches_up_by_chunked_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    // A 4 MiB message limit (gRPC's default) while the state is ~6 MB: the snapshot must be
+    // chunked to get through.
+    let net = LocalNetwork::new().with_max_message_bytes(4 * 1024 * 1024);
+    let cfg = |id| {
+        let mut c = config(id, dir.path());
+        c.snapshot_interval = 50;
+        c.logs_to_keep_after_snapshot = 5;
+        c
+    };
+    let nodes = three_nodes(&net, cfg).await;
+    let big = vec![7u8; 20 * 1024];
+    for round in 0..300 {
+        let mut p = big.clone();
+        p.extend_from_slice(format!("{round}").as_bytes());
+        nodes[0].log.propose(p).await.unwrap();
+    }
+    wait_until(T, "leader compacted its log", || {
+        nodes[0].log.status().purged_index.is_some_and(|p| p > 100)
+    })
+    .await;
+
+    let learner = open_local(cfg(4), &net).await;
+    nodes[0]
+        .log
+        .add_learner(4, "n4".into(), true)
+        .await
+        .unwrap();
+    let expected = nodes[0].sm.items();
+    wait_until(T, "learner caught up", || learner.sm.items() == expected).await;
+    let status = learner.log.status();
+    assert!(
+        status.snapshot_index.is_some(),
+        "learner installed a snapshot: {status:?}"
+    );
+    assert!(expected.iter().map(|(_, p)| p.len()).sum::<usize>() > 6_000_000);
+
+    // And it keeps following.
+    nodes[0].log.propose(b"after-join".to_vec()).await.unwrap();
+    let expected = nodes[0].sm.items();
+    wait_until(T, "learner follows", || learner.sm.items() == expected).await;
+    for n in nodes.iter().chain([&learner]) {
+        n.log.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_entries_stay_under_message_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = LocalNetwork::new().with_max_message_bytes(4 * 1024 * 1024);
+    let nodes = three_nodes(&net, |id| {
+        let mut c = config(id, dir.path());
+        c.group_commit = false;
+        c
+    })
+    .await;
+    // Node 3 falls behind by 12 MB of ~1 MiB entries, then must catch up through the 4 MiB limit.
+    net.isolate(3);
+    for i in 0..12u8 {
+        nodes[0].log.propose(vec![i; 1024 * 1024]).await.unwrap();
+    }
+    net.heal(3);
+    let expected = nodes[0].sm.items();
+    wait_until(T, "isolated follower caught up", || {
+        nodes[2].sm.items() == expected
+    })
+    .await;
+    for n in &nodes {
+        n.log.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = LocalNetwork::new();
+    let nodes = three_nodes(&net, |id| config(id, dir.path())).await;
+    nodes[0].log.remove_node(3).await.unwrap();
+    let status = nodes[0].log.status();
+    assert_eq!(status.voters, vec![1, 2]);
+    assert!(!status.members.contains_key(&3));
+    write(&nodes[0], "x", 10).await;
+    for n in &nodes {
+        n.log.shutdown().await;
+    }
+}

@@ -1,0 +1,94 @@
+//! `shoal daemon`: opens the data root, resumes this host's role, and serves the local API on
+//! a unix socket until SIGTERM or SIGINT.
+
+mod data_root;
+mod host;
+mod socket;
+mod swarm;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use shoal_manager::control::{ControlApi, ManagerSlot};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::observability;
+
+/// Options of `shoal daemon`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DaemonArgs {
+    /// Unix socket to serve the API on (unix:///path); defaults to the global -H, then
+    /// unix:///run/shoal/shoal.sock.
+    #[arg(short = 'H', long = "host", value_name = "HOST")]
+    pub(crate) host: Option<String>,
+
+    /// Directory for persistent state: swarm membership, certificates, the replicated log.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/shoal")]
+    pub(crate) data_root: PathBuf,
+
+    /// Directory for runtime state that does not survive a reboot.
+    #[arg(long, value_name = "DIR", default_value = "/run/shoal")]
+    pub(crate) exec_root: PathBuf,
+
+    /// Group allowed to use the API socket (mode 0660); without it the socket is root-only (0600).
+    #[arg(long, value_name = "GROUP")]
+    pub(crate) group: Option<String>,
+
+    /// Least severe log level written to stderr: error, warn, info, debug or trace.
+    #[arg(long, value_name = "LEVEL", default_value = "info",
+          value_parser = ["error", "warn", "info", "debug", "trace"])]
+    pub(crate) log_level: String,
+
+    /// Group concurrent writes into one replicated log entry. Turning it off exists for
+    /// benchmarks that measure what grouping buys.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) raft_group_commit: bool,
+}
+
+pub(crate) async fn run(args: DaemonArgs, host: &str) -> anyhow::Result<()> {
+    observability::init(&args.log_level)?;
+    // One crypto provider for every TLS configuration built in this process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let socket_path = socket::path_of(host)?;
+
+    std::fs::create_dir_all(&args.exec_root)
+        .with_context(|| format!("cannot create exec root {}", args.exec_root.display()))?;
+    let data_root = data_root::DataRoot::open(&args.data_root)?;
+    let slot = ManagerSlot::default();
+    let membership = Arc::new(
+        swarm::Membership::start(
+            data_root,
+            args.exec_root.clone(),
+            swarm::ManagerOptions {
+                group_commit: args.raft_group_commit,
+            },
+            slot.clone(),
+        )
+        .await?,
+    );
+    let listener = socket::bind(&socket_path, args.group.as_deref())?;
+    tracing::info!(socket = %socket_path.display(), data_root = %args.data_root.display(), "daemon ready");
+
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    };
+    let served = tonic::transport::Server::builder()
+        .add_service(swarm::SwarmApi::server(membership.clone()))
+        .add_service(ControlApi::new(slot).into_server())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown,
+        )
+        .await;
+    membership.shutdown().await;
+    let _ = std::fs::remove_file(&socket_path);
+    served.context("the API server failed")?;
+    tracing::info!("daemon stopped");
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! The `shoal` binary: `shoal daemon` runs the host's daemon; every other verb is the command
+//! line client, which talks to a daemon over its unix socket.
+
+mod daemon;
+mod observability;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// shoal: a clustered container orchestrator with Docker swarm mode's commands.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    #[command(flatten)]
+    global: shoal_cli::GlobalArgs,
+
+    #[command(subcommand)]
+    command: TopLevel,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum TopLevel {
+    /// Run the shoal daemon on this host.
+    Daemon(daemon::DaemonArgs),
+    #[command(flatten)]
+    Client(shoal_cli::Command),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("Error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        TopLevel::Daemon(args) => {
+            let host = args.host.clone().unwrap_or(cli.global.host.clone());
+            match runtime.block_on(daemon::run(args, &host)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("Error: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        TopLevel::Client(command) => match runtime.block_on(shoal_cli::run(&cli.global, command)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("Error: {error}");
+                ExitCode::from(error.exit_code())
+            }
+        },
+    }
+}
