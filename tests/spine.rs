@@ -14,7 +14,9 @@ fn init(daemon: &Daemon) -> String {
     let stdout = out.ok();
     assert!(stdout.contains("Swarm initialized"), "{stdout}");
     let info = json(daemon.cli(&["info", "--format", "json"]).ok());
-    info["node_id"].as_str().or(info["NodeID"].as_str()).unwrap_or_default().to_owned()
+    let node_id = info["Swarm"]["NodeID"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(node_id.len(), 25, "{info}");
+    node_id
 }
 
 #[test]
@@ -42,8 +44,13 @@ fn init_then_node_ls_shows_this_node_as_leader() {
     let id = ids.trim();
     assert_eq!(id.len(), 25, "{ids}");
 
-    let nodes = json(daemon.cli(&["node", "ls", "--format", "json"]).ok());
-    assert_eq!(nodes.as_array().map(Vec::len), Some(1), "{nodes}");
+    // One JSON object per line, as `docker node ls --format json`.
+    let rows = daemon.cli(&["node", "ls", "--format", "json"]).ok().to_owned();
+    let rows: Vec<serde_json::Value> = rows.lines().map(json).collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["ID"], id);
+    assert_eq!(rows[0]["Self"], true);
+    assert_eq!(rows[0]["ManagerStatus"], "Leader");
 
     let inspected = json(daemon.cli(&["node", "inspect", id]).ok());
     assert_eq!(inspected[0]["ID"], id);
@@ -51,11 +58,11 @@ fn init_then_node_ls_shows_this_node_as_leader() {
     assert_eq!(inspected[0]["ManagerStatus"]["Leader"], true);
     // By a unique prefix, and by hostname.
     json(daemon.cli(&["node", "inspect", &id[..6]]).ok());
-    let pretty = daemon.cli(&["node", "inspect", "--pretty", "self"]);
-    if pretty.code != 0 {
-        let hostname = nix::unistd::gethostname().unwrap().into_string().unwrap();
-        daemon.cli(&["node", "inspect", "--pretty", &hostname]).ok();
-    }
+    let pretty = daemon.cli(&["node", "inspect", "--pretty", "self"]).ok().to_owned();
+    assert!(pretty.contains(&format!("ID:")) && pretty.contains(id), "{pretty}");
+    let hostname = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    let by_host = json(daemon.cli(&["node", "inspect", &hostname]).ok());
+    assert_eq!(by_host[0]["ID"], id);
 
     let info = daemon.cli(&["info"]).ok().to_owned();
     assert!(info.contains("Swarm: active"), "{info}");
@@ -116,8 +123,9 @@ fn kill9_keeps_cluster_identity_and_every_acknowledged_write() {
     daemon.start_again();
 
     let info_after = json(daemon.cli(&["info", "--format", "json"]).ok());
-    for key in ["cluster_id", "ClusterID", "node_id", "NodeID"] {
-        assert_eq!(info_before.get(key), info_after.get(key), "{key}");
+    for key in ["ClusterID", "NodeID"] {
+        assert!(info_before["Swarm"][key].is_string(), "{info_before}");
+        assert_eq!(info_before["Swarm"][key], info_after["Swarm"][key], "{key}");
     }
     assert_eq!(std::fs::read(&cert_path).unwrap(), cert_before);
     assert_eq!(daemon.cli(&["swarm", "join-token", "-q", "worker"]).ok(), token_before);

@@ -93,9 +93,20 @@ impl Daemon {
     // Control service: nodes -----------------------------------------------------------------
 
     pub(crate) async fn get_node(&mut self, reference: &str) -> Result<Node, CliError> {
-        let req = v1::GetNodeRequest {
-            node: reference.to_owned(),
+        // `self` names the node this daemon runs, as in Docker; only this host knows which.
+        let node = if reference == "self" {
+            let info = self.info().await?;
+            if info.node_id.is_empty() {
+                return Err(CliError::Usage(
+                    "this node is not part of a swarm, so it has no node to name as \"self\""
+                        .to_owned(),
+                ));
+            }
+            info.node_id
+        } else {
+            reference.to_owned()
         };
+        let req = v1::GetNodeRequest { node };
         let res = self.control.get_node(req).await.map_err(|s| self.fail(s))?;
         res.into_inner()
             .node

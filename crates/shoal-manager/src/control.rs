@@ -242,8 +242,7 @@ impl Control for ControlApi {
         }
         node.spec = Some(spec);
         touch(&mut node, request.version);
-        let index = self
-            .manager
+        let index = manager
             .commit(Transaction {
                 actions: vec![update(node.clone())],
             })
@@ -339,8 +338,7 @@ impl Control for ControlApi {
             }
         }
         touch(&mut cluster, request.version);
-        let index = self
-            .manager
+        let index = manager
             .commit(Transaction {
                 actions: vec![update(cluster.clone())],
             })
@@ -371,8 +369,7 @@ impl Control for ControlApi {
             }),
             spec: Some(spec),
         };
-        let index = self
-            .manager
+        let index = manager
             .commit(Transaction {
                 actions: vec![crate::bootstrap::create(config.clone())],
             })
@@ -427,8 +424,7 @@ impl Control for ControlApi {
         }
         config.spec = Some(spec);
         touch(&mut config, request.version);
-        let index = self
-            .manager
+        let index = manager
             .commit(Transaction {
                 actions: vec![update(config.clone())],
             })

@@ -90,6 +90,13 @@ fn propose_error(error: ProposeError) -> ManagerError {
         ProposeError::TooLarge { size, limit } => ManagerError::InvalidArgument(format!(
             "request of {size} bytes exceeds the limit of {limit} bytes"
         )),
+        ProposeError::LeadershipLost { .. } => ManagerError::Unavailable(
+            "leadership changed while the request was being committed: it may or may not have been applied; check and retry"
+                .to_owned(),
+        ),
+        ProposeError::NoQuorum(reason) => ManagerError::Unavailable(format!(
+            "the swarm does not have a quorum of managers: {reason}"
+        )),
         ProposeError::Shutdown => {
             ManagerError::Unavailable("the manager is shutting down".to_owned())
         }

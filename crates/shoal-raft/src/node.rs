@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use futures::{Stream, StreamExt};
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::{
-    ChangeMembershipError, ClientWriteError, Fatal, ForwardToLeader, InitializeError,
-    LinearizableReadError,
+    ChangeMembershipError, ClientWriteError, Fatal, ForwardReason, ForwardToLeader,
+    InitializeError, LinearizableReadError,
 };
 use openraft::impls::ProgressResponder;
 use openraft::raft::{AppendEntriesRequest, ClientWriteResult, VoteRequest};
@@ -49,7 +49,15 @@ pub struct RaftStatus {
 
 struct Queued {
     data: Vec<u8>,
-    reply: oneshot::Sender<Result<Vec<u8>, ProposeError>>,
+    reply: oneshot::Sender<Attempt>,
+}
+
+/// The outcome of one submission of a proposal.
+enum Attempt {
+    Answer(Result<Vec<u8>, ProposeError>),
+    /// Refused before being appended because this new leader's lease is not established yet:
+    /// safe to resubmit.
+    LeaderNotReady,
 }
 
 struct Inner {
@@ -124,6 +132,7 @@ impl ReplicatedLog {
         // One round trip through the raft core: by then it has published its recovered state, so
         // `status()` is meaningful as soon as `open` returns.
         if let Err(e) = raft.with_raft_state(|_| ()).await {
+            let _ = raft.shutdown().await;
             close_stores(log_store, snapshots).await;
             return Err(RaftError::Fatal(format!("raft did not start: {e}")));
         }
@@ -208,24 +217,47 @@ impl ReplicatedLog {
                 limit,
             });
         }
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(ProposeError::Shutdown);
+        // A freshly elected leader refuses writes until a quorum has acknowledged it; that is a
+        // matter of one heartbeat round, so wait it out rather than report "not leader".
+        let deadline = Instant::now() + self.inner.config.election_timeout_max * 2;
+        loop {
+            if self.inner.closed.load(Ordering::Acquire) {
+                return Err(ProposeError::Shutdown);
+            }
+            match self.propose_once(proposal.clone()).await {
+                Attempt::Answer(answer) => return answer,
+                Attempt::LeaderNotReady if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Attempt::LeaderNotReady => {
+                    let status = self.status();
+                    return Err(ProposeError::NotLeader {
+                        leader_id: status.leader_id,
+                        leader_addr: status
+                            .leader_id
+                            .and_then(|l| status.members.get(&l).cloned()),
+                    });
+                }
+            }
         }
+    }
+
+    async fn propose_once(&self, proposal: Vec<u8>) -> Attempt {
         if self.inner.config.group_commit {
-            let tx = self
-                .inner
-                .batch_tx
-                .lock()
-                .clone()
-                .ok_or(ProposeError::Shutdown)?;
+            let tx = self.inner.batch_tx.lock().clone();
+            let Some(tx) = tx else {
+                return Attempt::Answer(Err(ProposeError::Shutdown));
+            };
             let (reply, rx) = oneshot::channel();
-            tx.send(Queued {
+            let queued = Queued {
                 data: proposal,
                 reply,
-            })
-            .await
-            .map_err(|_| ProposeError::Shutdown)?;
-            rx.await.unwrap_or(Err(ProposeError::Shutdown))
+            };
+            if tx.send(queued).await.is_err() {
+                return Attempt::Answer(Err(ProposeError::Shutdown));
+            }
+            rx.await
+                .unwrap_or(Attempt::Answer(Err(ProposeError::Shutdown)))
         } else {
             let result = self
                 .inner
@@ -235,12 +267,13 @@ impl ReplicatedLog {
             let result = match result {
                 Ok(resp) => Ok(resp),
                 Err(openraft::error::RaftError::APIError(e)) => Err(e),
-                Err(openraft::error::RaftError::Fatal(f)) => return Err(fatal_to_propose(f)),
+                Err(openraft::error::RaftError::Fatal(f)) => {
+                    return Attempt::Answer(Err(fatal_to_propose(f)));
+                }
             };
-            let mut replies = distribute(result, 1);
-            replies
+            distribute(result, 1)
                 .pop()
-                .unwrap_or(Err(ProposeError::Fatal("no reply".into())))
+                .unwrap_or(Attempt::Answer(Err(ProposeError::Fatal("no reply".into()))))
         }
     }
 
@@ -565,23 +598,26 @@ where
 }
 
 /// Splits the outcome of one log entry into the answers of its `n` proposals.
-fn distribute(
-    result: ClientWriteResult<TypeConfig>,
-    n: usize,
-) -> Vec<Result<Vec<u8>, ProposeError>> {
+fn distribute(result: ClientWriteResult<TypeConfig>, n: usize) -> Vec<Attempt> {
+    let all = |e: ProposeError| (0..n).map(|_| Attempt::Answer(Err(e.clone()))).collect();
     match result {
         Ok(resp) => {
             let Replies(replies) = resp.data;
             if replies.len() != n {
-                let e = ProposeError::Fatal(format!(
+                return all(ProposeError::Fatal(format!(
                     "state machine returned {} replies for {n} proposals",
                     replies.len()
-                ));
-                return vec![Err(e); n];
+                )));
             }
-            replies.into_iter().map(|b| Ok(b.0)).collect()
+            replies
+                .into_iter()
+                .map(|b| Attempt::Answer(Ok(b.0)))
+                .collect()
         }
-        Err(e) => vec![Err(write_error(e)); n],
+        Err(ClientWriteError::ForwardToLeader(f)) if f.reason == ForwardReason::LeaseExpired => {
+            (0..n).map(|_| Attempt::LeaderNotReady).collect()
+        }
+        Err(e) => all(write_error(e)),
     }
 }
 
@@ -632,7 +668,7 @@ async fn batcher(
         if let Err(f) = raft.client_write_ff(Proposals(data), Some(responder)).await {
             let e = fatal_to_propose(f);
             for r in replies {
-                let _ = r.send(Err(e.clone()));
+                let _ = r.send(Attempt::Answer(Err(e.clone())));
             }
             continue;
         }
@@ -640,7 +676,9 @@ async fn batcher(
             let _permit = permit;
             let answers = match done.await {
                 Ok(result) => distribute(result, n),
-                Err(_) => vec![Err(ProposeError::Shutdown); n],
+                Err(_) => (0..n)
+                    .map(|_| Attempt::Answer(Err(ProposeError::Shutdown)))
+                    .collect(),
             };
             for (r, a) in replies.into_iter().zip(answers) {
                 let _ = r.send(a);
@@ -649,11 +687,11 @@ async fn batcher(
     }
     // Shut down: answer anything still queued.
     if let Some(q) = carry {
-        let _ = q.reply.send(Err(ProposeError::Shutdown));
+        let _ = q.reply.send(Attempt::Answer(Err(ProposeError::Shutdown)));
     }
     rx.close();
     while let Some(q) = rx.recv().await {
-        let _ = q.reply.send(Err(ProposeError::Shutdown));
+        let _ = q.reply.send(Attempt::Answer(Err(ProposeError::Shutdown)));
     }
 }
 

@@ -25,6 +25,9 @@ use crate::types::{
 
 /// The replicated application. Implementations must be deterministic: every replica applies the
 /// same proposals in the same order and must reach the same state.
+///
+/// The methods are called from raft's state-machine task, one at a time and never concurrently
+/// with each other, so they should be quick (in-memory) and must not block on raft itself.
 pub trait StateMachine: Send + Sync + 'static {
     /// Applies one proposal committed at log `index` and returns the bytes handed back to the
     /// proposer. Under group commit several proposals share one index; they are applied in order.

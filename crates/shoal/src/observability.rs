@@ -1,5 +1,7 @@
 //! Logging set-up for the daemon: the only place a tracing subscriber is installed.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Sends events at `level` and above to stderr. `RUST_LOG` overrides the level when set, for
@@ -14,6 +16,7 @@ pub(crate) fn init(level: &str) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(true)
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))

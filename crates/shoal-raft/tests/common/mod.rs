@@ -88,7 +88,18 @@ pub async fn open_local(config: RaftConfig, net: &LocalNetwork) -> Node {
     node
 }
 
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 pub fn config(id: u64, dir: &Path) -> RaftConfig {
+    init_tracing();
     RaftConfig::new(id, dir.join(format!("node{id}")))
 }
 

@@ -93,7 +93,7 @@ impl Membership {
         let log = ReplicatedLog::open(
             self.raft_config(state.raft_id),
             Arc::new(StoreStateMachine::new(store.clone())),
-            Arc::new(shoal_raft::NoPeers),
+            Arc::new(NoPeers),
         )
         .await?;
         let log = Arc::new(log);
@@ -218,7 +218,7 @@ impl Membership {
             ReplicatedLog::open(
                 self.raft_config(state.raft_id),
                 Arc::new(StoreStateMachine::new(store.clone())),
-                Arc::new(shoal_raft::NoPeers),
+                Arc::new(NoPeers),
             )
             .await?,
         );
@@ -306,8 +306,8 @@ impl Membership {
         info.raft = Some(RaftInfo {
             raft_id: status.id,
             term: status.term,
-            last_log_index: status.last_log_index,
-            last_applied: status.last_applied,
+            last_log_index: status.last_log_index.unwrap_or(0),
+            last_applied: status.last_applied.unwrap_or(0),
             leader_raft_id: status.leader_id.unwrap_or(0),
             voters: status.voters.len() as u32,
         });
@@ -339,6 +339,39 @@ impl Membership {
         if let Some(current) = active.take() {
             current.manager.log().shutdown().await;
         }
+    }
+}
+
+/// The transport of a manager that has no peers yet: joining other managers (and with it the
+/// mutual-TLS transport) arrives with multi-host clusters.
+struct NoPeers;
+
+impl shoal_raft::PeerNetwork for NoPeers {
+    fn call(
+        &self,
+        target: u64,
+        _addr: &str,
+        _kind: shoal_raft::RpcKind,
+        _payload: Vec<u8>,
+    ) -> shoal_raft::BoxFuture<'static, Result<Vec<u8>, shoal_raft::NetError>> {
+        Box::pin(async move {
+            Err(shoal_raft::NetError::Unreachable(format!(
+                "no transport to raft peer {target}"
+            )))
+        })
+    }
+
+    fn install_snapshot(
+        &self,
+        target: u64,
+        _addr: &str,
+        _chunks: shoal_raft::SnapshotChunks,
+    ) -> shoal_raft::BoxFuture<'static, Result<Vec<u8>, shoal_raft::NetError>> {
+        Box::pin(async move {
+            Err(shoal_raft::NetError::Unreachable(format!(
+                "no transport to raft peer {target}"
+            )))
+        })
     }
 }
 
