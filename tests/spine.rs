@@ -14,7 +14,10 @@ fn init(daemon: &Daemon) -> String {
     let stdout = out.ok();
     assert!(stdout.contains("Swarm initialized"), "{stdout}");
     let info = json(daemon.cli(&["info", "--format", "json"]).ok());
-    let node_id = info["Swarm"]["NodeID"].as_str().unwrap_or_default().to_owned();
+    let node_id = info["Swarm"]["NodeID"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert_eq!(node_id.len(), 25, "{info}");
     node_id
 }
@@ -45,7 +48,10 @@ fn init_then_node_ls_shows_this_node_as_leader() {
     assert_eq!(id.len(), 25, "{ids}");
 
     // One JSON object per line, as `docker node ls --format json`.
-    let rows = daemon.cli(&["node", "ls", "--format", "json"]).ok().to_owned();
+    let rows = daemon
+        .cli(&["node", "ls", "--format", "json"])
+        .ok()
+        .to_owned();
     let rows: Vec<serde_json::Value> = rows.lines().map(json).collect();
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["ID"], id);
@@ -58,8 +64,11 @@ fn init_then_node_ls_shows_this_node_as_leader() {
     assert_eq!(inspected[0]["ManagerStatus"]["Leader"], true);
     // By a unique prefix, and by hostname.
     json(daemon.cli(&["node", "inspect", &id[..6]]).ok());
-    let pretty = daemon.cli(&["node", "inspect", "--pretty", "self"]).ok().to_owned();
-    assert!(pretty.contains(&format!("ID:")) && pretty.contains(id), "{pretty}");
+    let pretty = daemon
+        .cli(&["node", "inspect", "--pretty", "self"])
+        .ok()
+        .to_owned();
+    assert!(pretty.contains("ID:") && pretty.contains(id), "{pretty}");
     let hostname = nix::unistd::gethostname().unwrap().into_string().unwrap();
     let by_host = json(daemon.cli(&["node", "inspect", &hostname]).ok());
     assert_eq!(by_host[0]["ID"], id);
@@ -74,27 +83,64 @@ fn join_tokens_print_rotate_and_survive_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut daemon = Daemon::start_in(dir.path(), &[]);
     init(&daemon);
-    let worker = daemon.cli(&["swarm", "join-token", "-q", "worker"]).ok().trim().to_owned();
-    let manager = daemon.cli(&["swarm", "join-token", "-q", "manager"]).ok().trim().to_owned();
+    let worker = daemon
+        .cli(&["swarm", "join-token", "-q", "worker"])
+        .ok()
+        .trim()
+        .to_owned();
+    let manager = daemon
+        .cli(&["swarm", "join-token", "-q", "manager"])
+        .ok()
+        .trim()
+        .to_owned();
     assert!(worker.starts_with("SHTKN-1-"), "{worker}");
     assert_eq!(worker.len(), "SHTKN-1-".len() + 50 + 1 + 25, "{worker}");
     assert_ne!(worker, manager);
     // Both tokens pin the same root CA.
     assert_eq!(worker[..58], manager[..58]);
 
-    let full = daemon.cli(&["swarm", "join-token", "worker"]).ok().to_owned();
-    assert!(full.contains(&format!("shoal swarm join --token {worker} 127.0.0.1:42377")), "{full}");
+    let full = daemon
+        .cli(&["swarm", "join-token", "worker"])
+        .ok()
+        .to_owned();
+    assert!(
+        full.contains(&format!(
+            "shoal swarm join --token {worker} 127.0.0.1:42377"
+        )),
+        "{full}"
+    );
 
-    let rotated = daemon.cli(&["swarm", "join-token", "--rotate", "worker"]).ok().to_owned();
-    assert!(rotated.contains("Successfully rotated worker join token"), "{rotated}");
-    let worker2 = daemon.cli(&["swarm", "join-token", "-q", "worker"]).ok().trim().to_owned();
+    let rotated = daemon
+        .cli(&["swarm", "join-token", "--rotate", "worker"])
+        .ok()
+        .to_owned();
+    assert!(
+        rotated.contains("Successfully rotated worker join token"),
+        "{rotated}"
+    );
+    let worker2 = daemon
+        .cli(&["swarm", "join-token", "-q", "worker"])
+        .ok()
+        .trim()
+        .to_owned();
     assert_ne!(worker, worker2);
     assert_eq!(worker[..58], worker2[..58], "rotation keeps the CA pin");
-    let manager_after = daemon.cli(&["swarm", "join-token", "-q", "manager"]).ok().trim().to_owned();
-    assert_eq!(manager, manager_after, "rotating one token leaves the other");
+    let manager_after = daemon
+        .cli(&["swarm", "join-token", "-q", "manager"])
+        .ok()
+        .trim()
+        .to_owned();
+    assert_eq!(
+        manager, manager_after,
+        "rotating one token leaves the other"
+    );
 
     daemon.restart();
-    let worker3 = daemon.cli(&["swarm", "join-token", "-q", "worker"]).ok().trim().to_owned();
+    let worker3 = daemon
+        .cli(&["swarm", "join-token", "-q", "worker"])
+        .ok()
+        .trim()
+        .to_owned();
     assert_eq!(worker2, worker3);
 
     let bad = daemon.cli(&["swarm", "join-token", "admin"]);
@@ -107,7 +153,10 @@ fn kill9_keeps_cluster_identity_and_every_acknowledged_write() {
     let mut daemon = Daemon::start_in(dir.path(), &[]);
     let node_id = init(&daemon);
     let info_before = json(daemon.cli(&["info", "--format", "json"]).ok());
-    let token_before = daemon.cli(&["swarm", "join-token", "-q", "worker"]).ok().to_owned();
+    let token_before = daemon
+        .cli(&["swarm", "join-token", "-q", "worker"])
+        .ok()
+        .to_owned();
     let cert_path = daemon.data_root().join("swarm/certificates/node.crt");
     let cert_before = std::fs::read(&cert_path).unwrap();
 
@@ -115,7 +164,10 @@ fn kill9_keeps_cluster_identity_and_every_acknowledged_write() {
     let mut acknowledged = Vec::new();
     for i in 0..40 {
         let name = format!("cfg-{i}");
-        let out = daemon.cli_with_stdin(&["config", "create", &name, "-"], Some(format!("payload {i}").as_bytes()));
+        let out = daemon.cli_with_stdin(
+            &["config", "create", &name, "-"],
+            Some(format!("payload {i}").as_bytes()),
+        );
         out.ok();
         acknowledged.push(name);
     }
@@ -128,17 +180,28 @@ fn kill9_keeps_cluster_identity_and_every_acknowledged_write() {
         assert_eq!(info_before["Swarm"][key], info_after["Swarm"][key], "{key}");
     }
     assert_eq!(std::fs::read(&cert_path).unwrap(), cert_before);
-    assert_eq!(daemon.cli(&["swarm", "join-token", "-q", "worker"]).ok(), token_before);
+    assert_eq!(
+        daemon.cli(&["swarm", "join-token", "-q", "worker"]).ok(),
+        token_before
+    );
     let ids = daemon.cli(&["node", "ls", "-q"]).ok().trim().to_owned();
     assert_eq!(ids, node_id);
-    let listed = daemon.cli(&["config", "ls", "--format", "json"]).ok().to_owned();
+    let listed = daemon
+        .cli(&["config", "ls", "--format", "json"])
+        .ok()
+        .to_owned();
     for name in &acknowledged {
-        assert!(listed.contains(&format!("\"{name}\"")), "{name} lost after kill -9: {listed}");
+        assert!(
+            listed.contains(&format!("\"{name}\"")),
+            "{name} lost after kill -9: {listed}"
+        );
     }
     let table = daemon.cli(&["node", "ls"]).ok().to_owned();
     assert!(table.contains("Leader"), "{table}");
     // And the cluster still takes writes.
-    daemon.cli_with_stdin(&["config", "create", "after-restart", "-"], Some(b"x")).ok();
+    daemon
+        .cli_with_stdin(&["config", "create", "after-restart", "-"], Some(b"x"))
+        .ok();
 }
 
 #[test]
@@ -171,9 +234,15 @@ fn writes_in_flight_during_kill9_are_never_half_applied() {
     let acknowledged = writer.join().unwrap();
     assert!(!acknowledged.is_empty());
     daemon.start_again();
-    let listed = daemon.cli(&["config", "ls", "--format", "json"]).ok().to_owned();
+    let listed = daemon
+        .cli(&["config", "ls", "--format", "json"])
+        .ok()
+        .to_owned();
     for name in &acknowledged {
-        assert!(listed.contains(&format!("\"{name}\"")), "{name} acknowledged but lost");
+        assert!(
+            listed.contains(&format!("\"{name}\"")),
+            "{name} acknowledged but lost"
+        );
     }
 }
 
@@ -199,20 +268,28 @@ fn refusals_are_one_clear_line() {
         .one_line_error()
         .to_owned();
     assert!(line.contains("already part of a swarm"), "{line}");
-    let line = daemon.cli(&["node", "inspect", "nosuchnode"]).one_line_error().to_owned();
+    let line = daemon
+        .cli(&["node", "inspect", "nosuchnode"])
+        .one_line_error()
+        .to_owned();
     assert!(line.contains("no such node"), "{line}");
     let line = daemon
         .cli_with_stdin(&["config", "create", "bad/name", "-"], Some(b"x"))
         .one_line_error()
         .to_owned();
     assert!(line.contains("invalid config name"), "{line}");
-    daemon.cli_with_stdin(&["config", "create", "dup", "-"], Some(b"x")).ok();
+    daemon
+        .cli_with_stdin(&["config", "create", "dup", "-"], Some(b"x"))
+        .ok();
     let line = daemon
         .cli_with_stdin(&["config", "create", "dup", "-"], Some(b"y"))
         .one_line_error()
         .to_owned();
     assert!(line.contains("already exists"), "{line}");
-    let line = daemon.cli(&["node", "rm", "nosuchnode"]).one_line_error().to_owned();
+    let line = daemon
+        .cli(&["node", "rm", "nosuchnode"])
+        .one_line_error()
+        .to_owned();
     assert!(line.contains("no such node"), "{line}");
     let line = daemon
         .cli(&["swarm", "update", "--cert-expiry", "10m"])
@@ -229,7 +306,9 @@ fn refusals_are_one_clear_line() {
 
     // No daemon at the other end.
     let missing = format!("unix://{}/nobody.sock", dir.path().display());
-    let line = run_cli(&missing, &["node", "ls"], None).one_line_error().to_owned();
+    let line = run_cli(&missing, &["node", "ls"], None)
+        .one_line_error()
+        .to_owned();
     assert!(line.contains("is the daemon running"), "{line}");
 }
 
@@ -238,7 +317,11 @@ fn socket_is_root_only() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start_in(dir.path(), &[]);
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(daemon.socket()).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(daemon.socket())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
     if !nix::unistd::geteuid().is_root() {
         return;
@@ -277,7 +360,10 @@ fn corrupt_or_foreign_data_root_is_refused_and_left_alone() {
     let mut daemon = Daemon::start_in(dir.path(), &[]);
     init(&daemon);
     assert_eq!(daemon.terminate(), Some(0));
-    assert!(!daemon.socket().exists(), "socket removed at clean shutdown");
+    assert!(
+        !daemon.socket().exists(),
+        "socket removed at clean shutdown"
+    );
 
     let state = daemon.data_root().join("swarm/state.json");
     let original = std::fs::read(&state).unwrap();
@@ -293,7 +379,11 @@ fn corrupt_or_foreign_data_root_is_refused_and_left_alone() {
     std::fs::write(&state, b"\x00\x01garbage").unwrap();
     let refused = refuse_to_start(&daemon);
     assert!(refused.contains("corrupt"), "{refused}");
-    assert_eq!(std::fs::read(&state).unwrap(), b"\x00\x01garbage", "left untouched");
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        b"\x00\x01garbage",
+        "left untouched"
+    );
 
     // A damaged replicated log.
     std::fs::write(&state, &original).unwrap();
@@ -302,7 +392,10 @@ fn corrupt_or_foreign_data_root_is_refused_and_left_alone() {
         .unwrap()
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("raft")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("raft"))
+        })
         .expect("a raft log file");
     std::fs::write(&log_file, vec![0x5a; 8192]).unwrap();
     let refused = refuse_to_start(&daemon);
@@ -311,7 +404,11 @@ fn corrupt_or_foreign_data_root_is_refused_and_left_alone() {
 
 fn refuse_to_start(daemon: &Daemon) -> String {
     let out = daemon.daemon_command().output().unwrap();
-    assert_ne!(out.status.code(), Some(0), "daemon started on a bad data root");
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "daemon started on a bad data root"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let last = stderr.lines().last().unwrap_or_default().to_owned();
     assert!(last.starts_with("Error: "), "{stderr}");
@@ -340,5 +437,8 @@ fn daemons_run_side_by_side_but_never_share_a_root() {
         .unwrap();
     assert_ne!(out.status.code(), Some(0));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("in use by another shoal daemon"), "{stderr}");
+    assert!(
+        stderr.contains("in use by another shoal daemon"),
+        "{stderr}"
+    );
 }

@@ -22,7 +22,10 @@ pub struct ManagerSlot(Arc<RwLock<Option<Arc<Manager>>>>);
 
 impl ManagerSlot {
     pub fn set(&self, manager: Option<Arc<Manager>>) {
-        *self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = manager;
+        *self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = manager;
     }
 
     pub fn get(&self) -> Option<Arc<Manager>> {
@@ -60,7 +63,9 @@ impl ControlApi {
 type Reply<T> = Result<Response<T>, Status>;
 
 fn node_hostname(node: &Node) -> &str {
-    node.description.as_ref().map_or("", |d| d.hostname.as_str())
+    node.description
+        .as_ref()
+        .map_or("", |d| d.hostname.as_str())
 }
 
 /// Resolves a node by ID, unique ID prefix, or unique hostname.
@@ -84,7 +89,9 @@ fn lookup_node(view: &View, reference: &str) -> Result<Node, ManagerError> {
     }
 }
 
-fn labels_of(annotations: &Option<Annotations>) -> Option<&std::collections::HashMap<String, String>> {
+fn labels_of(
+    annotations: &Option<Annotations>,
+) -> Option<&std::collections::HashMap<String, String>> {
     annotations.as_ref().map(|a| &a.labels)
 }
 
@@ -107,7 +114,10 @@ fn matches_filters(
         return false;
     }
     if !filters.id_prefixes.is_empty()
-        && !filters.id_prefixes.iter().any(|p| id.starts_with(p.as_str()))
+        && !filters
+            .id_prefixes
+            .iter()
+            .any(|p| id.starts_with(p.as_str()))
     {
         return false;
     }
@@ -136,8 +146,9 @@ fn validate_node_spec(spec: &NodeSpec) -> Result<(), ManagerError> {
     if let Some(annotations) = &spec.annotations {
         validate::labels(annotations.labels.keys())?;
     }
-    NodeRole::try_from(spec.desired_role)
-        .map_err(|_| ManagerError::InvalidArgument(format!("invalid node role {}", spec.desired_role)))?;
+    NodeRole::try_from(spec.desired_role).map_err(|_| {
+        ManagerError::InvalidArgument(format!("invalid node role {}", spec.desired_role))
+    })?;
     NodeAvailability::try_from(spec.availability).map_err(|_| {
         ManagerError::InvalidArgument(format!("invalid node availability {}", spec.availability))
     })?;
@@ -225,12 +236,19 @@ impl Control for ControlApi {
             .cloned()
             .ok_or_else(|| ManagerError::NotFound(format!("no such node: {}", request.node_id)))?;
         let demoting = spec.desired_role == NodeRole::Worker as i32
-            && node.spec.as_ref().is_some_and(|s| s.desired_role == NodeRole::Manager as i32);
+            && node
+                .spec
+                .as_ref()
+                .is_some_and(|s| s.desired_role == NodeRole::Manager as i32);
         if demoting {
             let managers = view
                 .list::<Node>()
                 .iter()
-                .filter(|n| n.spec.as_ref().is_some_and(|s| s.desired_role == NodeRole::Manager as i32))
+                .filter(|n| {
+                    n.spec
+                        .as_ref()
+                        .is_some_and(|s| s.desired_role == NodeRole::Manager as i32)
+                })
                 .count();
             if managers <= 1 {
                 return Err(ManagerError::FailedPrecondition(format!(
@@ -323,9 +341,12 @@ impl Control for ControlApi {
             .ok_or_else(|| ManagerError::InvalidArgument("missing cluster spec".to_owned()))?;
         validate_cluster_spec(&spec)?;
         let view = manager.current_view().await?;
-        let mut cluster = view.get::<Cluster>(&request.cluster_id).cloned().ok_or_else(|| {
-            ManagerError::NotFound(format!("no such cluster: {}", request.cluster_id))
-        })?;
+        let mut cluster = view
+            .get::<Cluster>(&request.cluster_id)
+            .cloned()
+            .ok_or_else(|| {
+                ManagerError::NotFound(format!("no such cluster: {}", request.cluster_id))
+            })?;
         cluster.spec = Some(spec);
         if let Some(root) = cluster.root_ca.as_mut() {
             let digest = root.ca_cert_digest.clone();
@@ -375,9 +396,9 @@ impl Control for ControlApi {
             })
             .await
             .map_err(|e| match e {
-                ManagerError::AlreadyExists(_) => ManagerError::AlreadyExists(format!(
-                    "a config named {name:?} already exists"
-                )),
+                ManagerError::AlreadyExists(_) => {
+                    ManagerError::AlreadyExists(format!("a config named {name:?} already exists"))
+                }
                 other => other,
             })?;
         config.meta_mut().version = index;
@@ -409,12 +430,16 @@ impl Control for ControlApi {
             .ok_or_else(|| ManagerError::InvalidArgument("missing config spec".to_owned()))?;
         validate_config_spec(&spec)?;
         let view = manager.current_view().await?;
-        let mut config = view.get::<Config>(&request.config_id).cloned().ok_or_else(|| {
-            ManagerError::NotFound(format!("no such config: {}", request.config_id))
-        })?;
+        let mut config = view
+            .get::<Config>(&request.config_id)
+            .cloned()
+            .ok_or_else(|| {
+                ManagerError::NotFound(format!("no such config: {}", request.config_id))
+            })?;
         let current = config.spec.clone().unwrap_or_default();
-        if current.data != spec.data || current.annotations.as_ref().map(|a| &a.name)
-            != spec.annotations.as_ref().map(|a| &a.name)
+        if current.data != spec.data
+            || current.annotations.as_ref().map(|a| &a.name)
+                != spec.annotations.as_ref().map(|a| &a.name)
         {
             return Err(ManagerError::InvalidArgument(
                 "only the labels of a config can be updated; its name and data are immutable"

@@ -296,12 +296,24 @@ fn index_order_and_skip() {
     );
     store.apply(5, &txn(vec![])).unwrap();
     // A second transaction of the same log entry (group commit) applies at the same index.
-    store
-        .apply(5, &txn(vec![create(node("n1", ""))]))
-        .unwrap();
-    assert_eq!(store.view().get::<Node>("n1").unwrap().meta.unwrap().version, 5);
-    let stale = store.apply(4, &txn(vec![create(node("n9", ""))])).unwrap_err();
-    assert_eq!(stale.to_string(), "log index 4 is behind the applied index 5");
+    store.apply(5, &txn(vec![create(node("n1", ""))])).unwrap();
+    assert_eq!(
+        store
+            .view()
+            .get::<Node>("n1")
+            .unwrap()
+            .meta
+            .unwrap()
+            .version,
+        5
+    );
+    let stale = store
+        .apply(4, &txn(vec![create(node("n9", ""))]))
+        .unwrap_err();
+    assert_eq!(
+        stale.to_string(),
+        "log index 4 is behind the applied index 5"
+    );
     assert!(store.view().get::<Node>("n9").is_none());
     assert_eq!(store.applied_index(), 5);
 

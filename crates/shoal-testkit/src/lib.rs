@@ -59,9 +59,18 @@ impl CliOutput {
     /// Panics unless the command failed with exactly one line on stderr; returns that line.
     #[track_caller]
     pub fn one_line_error(&self) -> &str {
-        assert_ne!(self.code, 0, "command unexpectedly succeeded: {:?}", self.stdout);
+        assert_ne!(
+            self.code, 0,
+            "command unexpectedly succeeded: {:?}",
+            self.stdout
+        );
         let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "expected one line of error, got {:?}", self.stderr);
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one line of error, got {:?}",
+            self.stderr
+        );
         assert!(
             !self.stderr.contains("panicked"),
             "a panic is not an error message: {:?}",
@@ -163,7 +172,10 @@ impl Daemon {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("daemon exited during start ({status}); log:\n{}", self.log());
+                panic!(
+                    "daemon exited during start ({status}); log:\n{}",
+                    self.log()
+                );
             }
             assert!(
                 Instant::now() < deadline,

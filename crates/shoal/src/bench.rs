@@ -19,7 +19,10 @@ use shoal_api::v1::{Annotations, ConfigSpec, CreateConfigRequest, InitRequest};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 #[derive(Debug, Parser)]
-#[command(name = "shoal-bench", about = "Replicated write throughput and latency of one manager")]
+#[command(
+    name = "shoal-bench",
+    about = "Replicated write throughput and latency of one manager"
+)]
 struct Args {
     /// Writes per mode.
     #[arg(long, default_value_t = 20_000)]

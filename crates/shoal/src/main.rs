@@ -10,7 +10,12 @@ use clap::Parser;
 
 /// shoal: a clustered container orchestrator with Docker swarm mode's commands.
 #[derive(Debug, Parser)]
-#[command(name = "shoal", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "shoal",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 struct Cli {
     #[command(flatten)]
     global: shoal_cli::GlobalArgs,

@@ -206,7 +206,13 @@ mod tests {
         root.save_state(&state()).unwrap();
         assert_eq!(root.load_state().unwrap(), Some(state()));
         let second = DataRoot::open(dir.path());
-        assert!(second.err().unwrap().to_string().contains("in use by another"));
+        assert!(
+            second
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("in use by another")
+        );
     }
 
     #[test]
@@ -240,6 +246,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = DataRoot::open(dir.path()).unwrap();
         fs::create_dir_all(root.raft_dir()).unwrap();
-        assert!(root.load_state().unwrap_err().to_string().contains("damaged"));
+        assert!(
+            root.load_state()
+                .unwrap_err()
+                .to_string()
+                .contains("damaged")
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Facts about this host that a node reports: hostname, platform, CPUs, memory, and the
 //! address to advertise when the user gives none.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use shoal_api::v1::{NodeDescription, Platform, Resources};
 
@@ -22,7 +22,13 @@ pub(crate) fn memory_bytes() -> u64 {
         .and_then(|text| {
             text.lines()
                 .find_map(|line| line.strip_prefix("MemTotal:"))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
         })
         .map_or(0, |kib| kib * 1024)
 }
@@ -64,7 +70,7 @@ pub(crate) fn default_route_address() -> Option<IpAddr> {
             continue;
         }
         if let Some(v4) = entry.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
-            let ip = Ipv4Addr::from(v4.ip());
+            let ip = v4.ip();
             if !ip.is_loopback() {
                 return Some(IpAddr::V4(ip));
             }

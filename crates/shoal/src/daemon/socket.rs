@@ -11,7 +11,9 @@ use nix::sys::stat::{Mode, umask};
 pub(crate) fn path_of(host: &str) -> anyhow::Result<PathBuf> {
     let path = host.strip_prefix("unix://").unwrap_or(host);
     if path.contains("://") || !path.starts_with('/') {
-        bail!("invalid --host {host:?}: the daemon serves only a unix socket, given as unix:///absolute/path");
+        bail!(
+            "invalid --host {host:?}: the daemon serves only a unix socket, given as unix:///absolute/path"
+        );
     }
     Ok(PathBuf::from(path))
 }
@@ -62,8 +64,14 @@ mod tests {
 
     #[test]
     fn host_forms() {
-        assert_eq!(path_of("unix:///run/x.sock").unwrap(), PathBuf::from("/run/x.sock"));
-        assert_eq!(path_of("/run/x.sock").unwrap(), PathBuf::from("/run/x.sock"));
+        assert_eq!(
+            path_of("unix:///run/x.sock").unwrap(),
+            PathBuf::from("/run/x.sock")
+        );
+        assert_eq!(
+            path_of("/run/x.sock").unwrap(),
+            PathBuf::from("/run/x.sock")
+        );
         assert!(path_of("tcp://1.2.3.4:2375").is_err());
         assert!(path_of("relative.sock").is_err());
     }

@@ -177,7 +177,9 @@ impl Membership {
             Err(error) => {
                 tracing::error!(error = %format!("{error:#}"), "swarm init failed");
                 let _ = self.data_root.remove_swarm();
-                Err(ManagerError::Internal(format!("swarm init failed: {error:#}")))
+                Err(ManagerError::Internal(format!(
+                    "swarm init failed: {error:#}"
+                )))
             }
         }
     }
