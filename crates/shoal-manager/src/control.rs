@@ -68,6 +68,16 @@ fn node_hostname(node: &Node) -> &str {
         .map_or("", |d| d.hostname.as_str())
 }
 
+/// Fills a manager node's leader flag from the log's current view of leadership: the stored
+/// flag is only what was true at the node's last write.
+fn with_live_leadership(mut node: Node, manager: &Manager) -> Node {
+    let status = manager.log().status();
+    if let Some(manager_status) = node.manager_status.as_mut() {
+        manager_status.leader = status.leader_id == Some(manager_status.raft_id);
+    }
+    node
+}
+
 /// Resolves a node by ID, unique ID prefix, or unique hostname.
 fn lookup_node(view: &View, reference: &str) -> Result<Node, ManagerError> {
     match view.lookup::<Node>(reference) {
@@ -200,7 +210,9 @@ impl Control for ControlApi {
         let manager = self.manager()?;
         let view = manager.current_view().await?;
         let node = lookup_node(&view, &request.get_ref().node)?;
-        Ok(Response::new(GetNodeResponse { node: Some(node) }))
+        Ok(Response::new(GetNodeResponse {
+            node: Some(with_live_leadership(node, &manager)),
+        }))
     }
 
     async fn list_nodes(&self, request: Request<ListNodesRequest>) -> Reply<ListNodesResponse> {
@@ -218,7 +230,7 @@ impl Control for ControlApi {
                     n.spec.as_ref().and_then(|s| labels_of(&s.annotations)),
                 )
             })
-            .cloned()
+            .map(|node| with_live_leadership(node.clone(), &manager))
             .collect();
         Ok(Response::new(ListNodesResponse { nodes }))
     }

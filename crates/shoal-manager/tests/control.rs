@@ -1,0 +1,399 @@
+//! The control API against a real one-voter replicated log: validation, optimistic
+//! concurrency, redaction and the refusals that protect the cluster.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_api::v1::control_server::Control;
+use shoal_api::v1::*;
+use shoal_manager::Manager;
+use shoal_manager::bootstrap::{Bootstrap, default_cluster_spec};
+use shoal_manager::control::{ControlApi, ManagerSlot};
+use shoal_manager::state_machine::StoreStateMachine;
+use shoal_pki::{NodeCertRequest, NodeKey, Role, RootCa};
+use shoal_raft::{LocalNetwork, RaftConfig, ReplicatedLog};
+use shoal_store::Store;
+use tonic::{Code, Request};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    api: ControlApi,
+    manager: Arc<Manager>,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new();
+    let network = LocalNetwork::new();
+    let log = ReplicatedLog::open(
+        RaftConfig::new(1, dir.path().join("raft")),
+        Arc::new(StoreStateMachine::new(store.clone())),
+        network.for_node(1),
+    )
+    .await
+    .unwrap();
+    network.register(&log);
+    log.initialize_single("127.0.0.1:2377".into())
+        .await
+        .unwrap();
+    log.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    let manager = Arc::new(Manager::new(
+        store,
+        Arc::new(log),
+        "node1".into(),
+        "cluster1".into(),
+    ));
+
+    let root = RootCa::generate().unwrap();
+    let key = NodeKey::generate().unwrap();
+    let issued = root
+        .sign_node(
+            &key.csr_pem().unwrap(),
+            &NodeCertRequest {
+                node_id: "node1".into(),
+                role: Role::Manager,
+                cluster_id: "cluster1".into(),
+                validity: Duration::from_secs(7200),
+            },
+        )
+        .unwrap();
+    let bootstrap = Bootstrap {
+        cluster_id: "cluster1",
+        node_id: "node1",
+        raft_id: 1,
+        root_ca: &root,
+        node_cert: &issued,
+        spec: default_cluster_spec(),
+        description: NodeDescription {
+            hostname: "host-a".into(),
+            ..Default::default()
+        },
+        node_addr: "127.0.0.1".into(),
+        manager_addr: "127.0.0.1:2377".into(),
+    };
+    manager
+        .commit(bootstrap.transaction().unwrap())
+        .await
+        .unwrap();
+    let slot = ManagerSlot::default();
+    slot.set(Some(manager.clone()));
+    Fixture {
+        _dir: dir,
+        api: ControlApi::new(slot),
+        manager,
+    }
+}
+
+fn config_spec(name: &str, data: &[u8]) -> ConfigSpec {
+    ConfigSpec {
+        annotations: Some(Annotations {
+            name: name.into(),
+            labels: Default::default(),
+        }),
+        data: data.to_vec(),
+    }
+}
+
+async fn create_config(f: &Fixture, name: &str) -> Config {
+    f.api
+        .create_config(Request::new(CreateConfigRequest {
+            spec: Some(config_spec(name, b"data")),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .config
+        .unwrap()
+}
+
+#[tokio::test]
+async fn cluster_is_served_without_the_ca_key() {
+    let f = fixture().await;
+    let cluster = f
+        .api
+        .get_cluster(Request::new(GetClusterRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .cluster
+        .unwrap();
+    let root = cluster.root_ca.unwrap();
+    assert!(
+        root.ca_key.is_empty(),
+        "the CA key must never leave the managers"
+    );
+    assert!(!root.ca_cert.is_empty());
+    // The store itself still holds it, so a future leader can sign.
+    let stored = f.manager.store().view().cluster().cloned().unwrap();
+    assert!(!stored.root_ca.unwrap().ca_key.is_empty());
+}
+
+#[tokio::test]
+async fn nodes_list_and_resolve_by_hostname_and_prefix() {
+    let f = fixture().await;
+    let nodes = f
+        .api
+        .list_nodes(Request::new(ListNodesRequest { filters: None }))
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes;
+    assert_eq!(nodes.len(), 1);
+    assert!(nodes[0].manager_status.as_ref().unwrap().leader);
+    for reference in ["node1", "nod", "host-a"] {
+        let node = f
+            .api
+            .get_node(Request::new(GetNodeRequest {
+                node: reference.into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .node
+            .unwrap();
+        assert_eq!(node.id, "node1", "{reference}");
+    }
+    let missing = f
+        .api
+        .get_node(Request::new(GetNodeRequest { node: "zz".into() }))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    assert_eq!(missing.message(), "no such node: zz");
+}
+
+#[tokio::test]
+async fn config_validation_and_uniqueness() {
+    let f = fixture().await;
+    let created = create_config(&f, "app.conf").await;
+    assert_eq!(created.id.len(), 25);
+    assert!(created.meta.unwrap().version > 0);
+
+    let duplicate = f
+        .api
+        .create_config(Request::new(CreateConfigRequest {
+            spec: Some(config_spec("app.conf", b"other")),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(duplicate.code(), Code::AlreadyExists);
+
+    for (name, data) in [
+        ("bad name", b"x".to_vec()),
+        ("", b"x".to_vec()),
+        ("big", vec![0u8; shoal_api::validate::MAX_CONFIG_SIZE + 1]),
+    ] {
+        let refused = f
+            .api
+            .create_config(Request::new(CreateConfigRequest {
+                spec: Some(config_spec(name, &data)),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{name}");
+    }
+    let listed = f
+        .api
+        .list_configs(Request::new(ListConfigsRequest { filters: None }))
+        .await
+        .unwrap()
+        .into_inner()
+        .configs;
+    assert_eq!(listed.len(), 1, "refused creates left nothing behind");
+}
+
+#[tokio::test]
+async fn stale_versions_are_refused_and_only_one_racer_wins() {
+    let f = fixture().await;
+    let config = create_config(&f, "raced").await;
+    let version = config.meta.unwrap().version;
+    let update = |label: &str| {
+        let mut spec = config.spec.clone().unwrap();
+        spec.annotations
+            .as_mut()
+            .unwrap()
+            .labels
+            .insert("who".into(), label.into());
+        UpdateConfigRequest {
+            config_id: config.id.clone(),
+            version,
+            spec: Some(spec),
+        }
+    };
+    let (a, b) = tokio::join!(
+        f.api.update_config(Request::new(update("a"))),
+        f.api.update_config(Request::new(update("b")))
+    );
+    let outcomes = [a.is_ok(), b.is_ok()];
+    assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 1, "{outcomes:?}");
+    let loser = if a.is_ok() { b } else { a }.unwrap_err();
+    assert_eq!(loser.code(), Code::Aborted);
+    assert!(
+        loser.message().contains("out of sequence"),
+        "{}",
+        loser.message()
+    );
+
+    // Data is immutable.
+    let mut changed = update("c");
+    changed.version = f
+        .api
+        .get_config(Request::new(GetConfigRequest {
+            config: config.id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .config
+        .unwrap()
+        .meta
+        .unwrap()
+        .version;
+    changed.spec.as_mut().unwrap().data = b"new".to_vec();
+    let refused = f
+        .api
+        .update_config(Request::new(changed))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn the_last_manager_is_protected() {
+    let f = fixture().await;
+    let node = f
+        .manager
+        .store()
+        .view()
+        .get::<Node>("node1")
+        .cloned()
+        .unwrap();
+    let mut spec = node.spec.clone().unwrap();
+    spec.desired_role = NodeRole::Worker as i32;
+    let refused = f
+        .api
+        .update_node(Request::new(UpdateNodeRequest {
+            node_id: "node1".into(),
+            version: node.meta.unwrap().version,
+            spec: Some(spec),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("last manager"),
+        "{}",
+        refused.message()
+    );
+
+    let refused = f
+        .api
+        .remove_node(Request::new(RemoveNodeRequest {
+            node_id: "node1".into(),
+            force: true,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+
+    let mut spec = node.spec.clone().unwrap();
+    spec.annotations
+        .get_or_insert_with(Default::default)
+        .labels
+        .insert("bad key".into(), "x".into());
+    let refused = f
+        .api
+        .update_node(Request::new(UpdateNodeRequest {
+            node_id: "node1".into(),
+            version: node.meta.unwrap().version,
+            spec: Some(spec),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+
+    let mut spec = node.spec.clone().unwrap();
+    spec.availability = NodeAvailability::Drain as i32;
+    let updated = f
+        .api
+        .update_node(Request::new(UpdateNodeRequest {
+            node_id: "node1".into(),
+            version: node.meta.unwrap().version,
+            spec: Some(spec),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .node
+        .unwrap();
+    assert_eq!(
+        updated.spec.unwrap().availability,
+        NodeAvailability::Drain as i32
+    );
+}
+
+#[tokio::test]
+async fn token_rotation_and_cluster_settings() {
+    let f = fixture().await;
+    let cluster = f.manager.store().view().cluster().cloned().unwrap();
+    let before = cluster.root_ca.clone().unwrap().join_tokens.unwrap();
+    let rotated = f
+        .api
+        .update_cluster(Request::new(UpdateClusterRequest {
+            cluster_id: cluster.id.clone(),
+            version: cluster.meta.unwrap().version,
+            spec: cluster.spec.clone(),
+            rotate_worker_token: true,
+            rotate_manager_token: false,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .cluster
+        .unwrap();
+    let after = rotated.root_ca.unwrap().join_tokens.unwrap();
+    assert_ne!(before.worker, after.worker);
+    assert_eq!(before.manager, after.manager);
+    assert!(shoal_pki::JoinToken::parse(&after.worker).is_ok());
+
+    let mut spec = cluster.spec.clone().unwrap();
+    spec.ca.as_mut().unwrap().node_cert_expiry_secs = 600;
+    let refused = f
+        .api
+        .update_cluster(Request::new(UpdateClusterRequest {
+            cluster_id: cluster.id.clone(),
+            version: rotated.meta.unwrap().version,
+            spec: Some(spec),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn no_manager_no_control() {
+    let api = ControlApi::new(ManagerSlot::default());
+    let refused = api
+        .list_nodes(Request::new(ListNodesRequest { filters: None }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("not a swarm manager"));
+}
+
+#[tokio::test]
+async fn malformed_proposals_change_nothing_but_the_index() {
+    let f = fixture().await;
+    let before = f.manager.store().view().snapshot();
+    let answer = f
+        .manager
+        .log()
+        .propose(vec![0xff, 0xff, 0xff])
+        .await
+        .unwrap();
+    let result = <TransactionResult as prost::Message>::decode(answer.as_slice()).unwrap();
+    assert_eq!(result.outcome, transaction_result::Outcome::Invalid as i32);
+    let after = f.manager.store().view().snapshot();
+    assert_eq!(before.objects, after.objects);
+}
