@@ -40,6 +40,8 @@ struct Args {
 
 struct Figures {
     writes: usize,
+    /// Raft log entries the writes took (each entry is one fsync'd append at most).
+    log_entries: u64,
     elapsed: Duration,
     p50: Duration,
     p99: Duration,
@@ -81,6 +83,7 @@ fn start_daemon(shoal: &Path, group_commit: bool) -> anyhow::Result<DaemonProces
         .arg(group_commit.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("cannot start {}", shoal.display()))?;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -123,6 +126,8 @@ async fn measure(args: &Args, shoal: &Path, group_commit: bool) -> anyhow::Resul
         .await
         .context("swarm init")?;
 
+    let mut swarm = SwarmClient::new(channel.clone());
+    let entries_before = log_index(&mut swarm).await?;
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.seconds);
@@ -160,6 +165,7 @@ async fn measure(args: &Args, shoal: &Path, group_commit: bool) -> anyhow::Resul
         latencies.extend(worker.await??);
     }
     let elapsed = started.elapsed();
+    let log_entries = log_index(&mut swarm).await? - entries_before;
     latencies.sort();
     let pick = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
     if latencies.is_empty() {
@@ -167,20 +173,31 @@ async fn measure(args: &Args, shoal: &Path, group_commit: bool) -> anyhow::Resul
     }
     Ok(Figures {
         writes: latencies.len(),
+        log_entries,
         elapsed,
         p50: pick(0.50),
         p99: pick(0.99),
     })
 }
 
+async fn log_index(swarm: &mut SwarmClient<Channel>) -> anyhow::Result<u64> {
+    let info = swarm
+        .info(shoal_api::v1::InfoRequest {})
+        .await?
+        .into_inner();
+    Ok(info.raft.map_or(0, |r| r.last_log_index))
+}
+
 fn print(label: &str, f: &Figures) {
     println!(
-        "{label:<22} {:>8} writes in {:>6.2} s = {:>8.0} writes/s   p50 {:>7.2} ms   p99 {:>7.2} ms",
+        "{label:<18} {:>7} writes in {:>5.2} s = {:>7.0} writes/s   p50 {:>6.2} ms   p99 {:>6.2} ms   {:>6} log entries ({:.1} writes/entry)",
         f.writes,
         f.elapsed.as_secs_f64(),
         f.per_second(),
         f.p50.as_secs_f64() * 1e3,
         f.p99.as_secs_f64() * 1e3,
+        f.log_entries,
+        f.writes as f64 / f.log_entries.max(1) as f64,
     );
 }
 
