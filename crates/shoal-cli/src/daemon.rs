@@ -1,19 +1,43 @@
 //! `daemon.rs`: the requests the verbs send, with every failure mapped to a `CliError` that
 //! names the daemon's address, and every missing response field refused instead of defaulted.
 
+use std::future::Future;
+
 use shoal_api::v1::{
-    self, Cluster, Config, Node, control_client::ControlClient, swarm_client::SwarmClient,
+    self, Cluster, Config, ContainerInfo, Node, containers_client::ContainersClient,
+    control_client::ControlClient, images_client::ImagesClient, swarm_client::SwarmClient,
 };
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
 use tonic::transport::Channel;
 
 use crate::CliError;
 use crate::connect::{connect, display_host};
+use crate::error::io_reason;
 
-/// Both services of one daemon, over one channel.
+/// Largest message accepted from the daemon: image and log chunks may be big.
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// Every service of one daemon, over one channel.
 pub(crate) struct Daemon {
     host: String,
     control: ControlClient<Channel>,
     swarm: SwarmClient<Channel>,
+    containers: ContainersClient<Channel>,
+    images: ImagesClient<Channel>,
+}
+
+/// One state change `stop`, `kill`, `pause`… asks of a container.
+#[derive(Debug, Clone)]
+pub(crate) enum Lifecycle {
+    Start,
+    Stop { timeout_secs: i32 },
+    Restart { timeout_secs: i32 },
+    Kill { signal: String },
+    Pause,
+    Unpause,
+    Remove { force: bool, volumes: bool },
 }
 
 impl Daemon {
@@ -22,11 +46,15 @@ impl Daemon {
         Ok(Daemon {
             host: display_host(host),
             control: ControlClient::new(channel.clone()),
-            swarm: SwarmClient::new(channel),
+            swarm: SwarmClient::new(channel.clone()),
+            containers: ContainersClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE),
+            images: ImagesClient::new(channel).max_decoding_message_size(MAX_MESSAGE),
         })
     }
 
-    fn fail(&self, status: tonic::Status) -> CliError {
+    /// A failed request or stream, as one line naming this daemon where that helps.
+    pub(crate) fn fail(&self, status: tonic::Status) -> CliError {
         CliError::from_status(&self.host, status)
     }
 
@@ -214,4 +242,323 @@ impl Daemon {
             .map_err(|s| self.fail(s))?;
         Ok(())
     }
+
+    // Containers service ----------------------------------------------------------------------
+
+    pub(crate) async fn create_container(
+        &mut self,
+        spec: v1::ContainerSpec,
+    ) -> Result<v1::CreateContainerResponse, CliError> {
+        let req = v1::CreateContainerRequest { spec: Some(spec) };
+        let res = self
+            .containers
+            .create(req)
+            .await
+            .map_err(|s| self.fail(s))?;
+        let res = res.into_inner();
+        if res.id.is_empty() {
+            return Err(CliError::Protocol("Create returned no container ID"));
+        }
+        Ok(res)
+    }
+
+    /// Starts, stops, kills, pauses, unpauses or removes one container.
+    pub(crate) async fn lifecycle(
+        &mut self,
+        container: &str,
+        op: &Lifecycle,
+    ) -> Result<(), CliError> {
+        let reference = || v1::ContainerRef {
+            container: container.to_owned(),
+        };
+        let c = &mut self.containers;
+        let result = match op.clone() {
+            Lifecycle::Start => c.start(reference()).await.map(drop),
+            Lifecycle::Stop { timeout_secs } => c
+                .stop(v1::StopContainerRequest {
+                    container: container.to_owned(),
+                    timeout_secs,
+                })
+                .await
+                .map(drop),
+            Lifecycle::Restart { timeout_secs } => c
+                .restart(v1::StopContainerRequest {
+                    container: container.to_owned(),
+                    timeout_secs,
+                })
+                .await
+                .map(drop),
+            Lifecycle::Kill { signal } => c
+                .kill(v1::KillContainerRequest {
+                    container: container.to_owned(),
+                    signal,
+                })
+                .await
+                .map(drop),
+            Lifecycle::Pause => c.pause(reference()).await.map(drop),
+            Lifecycle::Unpause => c.unpause(reference()).await.map(drop),
+            Lifecycle::Remove { force, volumes } => c
+                .remove(v1::RemoveContainerRequest {
+                    container: container.to_owned(),
+                    force,
+                    remove_volumes: volumes,
+                })
+                .await
+                .map(drop),
+        };
+        result.map_err(|s| self.fail(s))
+    }
+
+    /// Blocks until the container stops; its final state.
+    pub(crate) async fn wait_container(
+        &mut self,
+        container: &str,
+    ) -> Result<v1::ContainerState, CliError> {
+        let req = v1::ContainerRef {
+            container: container.to_owned(),
+        };
+        let res = self.containers.wait(req).await.map_err(|s| self.fail(s))?;
+        res.into_inner()
+            .state
+            .ok_or(CliError::Protocol("Wait returned no container state"))
+    }
+
+    pub(crate) async fn list_containers(
+        &mut self,
+        all: bool,
+    ) -> Result<Vec<ContainerInfo>, CliError> {
+        let req = v1::ListContainersRequest { all };
+        let res = self.containers.list(req).await.map_err(|s| self.fail(s))?;
+        Ok(res.into_inner().containers)
+    }
+
+    pub(crate) async fn inspect_container(
+        &mut self,
+        container: &str,
+    ) -> Result<ContainerInfo, CliError> {
+        let req = v1::ContainerRef {
+            container: container.to_owned(),
+        };
+        let res = self
+            .containers
+            .inspect(req)
+            .await
+            .map_err(|s| self.fail(s))?;
+        let info = res.into_inner();
+        if info.id.is_empty() {
+            return Err(CliError::Protocol("Inspect returned no container ID"));
+        }
+        Ok(info)
+    }
+
+    pub(crate) async fn logs(
+        &mut self,
+        req: v1::LogsRequest,
+    ) -> Result<Streaming<v1::LogEntry>, CliError> {
+        let res = self.containers.logs(req).await.map_err(|s| self.fail(s))?;
+        Ok(res.into_inner())
+    }
+
+    /// Opens an Attach or an Exec stream (which one, the first input message says).
+    pub(crate) async fn stdio(
+        &mut self,
+        exec: bool,
+        input: mpsc::Receiver<v1::StdioInput>,
+    ) -> Result<Streaming<v1::StdioOutput>, CliError> {
+        let input = ReceiverStream::new(input);
+        let res = if exec {
+            self.containers.exec(input).await
+        } else {
+            self.containers.attach(input).await
+        };
+        Ok(res.map_err(|s| self.fail(s))?.into_inner())
+    }
+
+    pub(crate) async fn top(&mut self, container: &str) -> Result<v1::TopResponse, CliError> {
+        let req = v1::ContainerRef {
+            container: container.to_owned(),
+        };
+        let res = self.containers.top(req).await.map_err(|s| self.fail(s))?;
+        Ok(res.into_inner())
+    }
+
+    pub(crate) async fn stats(&mut self, container: &str) -> Result<v1::StatsResponse, CliError> {
+        let req = v1::ContainerRef {
+            container: container.to_owned(),
+        };
+        let res = self.containers.stats(req).await.map_err(|s| self.fail(s))?;
+        Ok(res.into_inner())
+    }
+
+    // Images service --------------------------------------------------------------------------
+
+    pub(crate) async fn list_images(
+        &mut self,
+        all: bool,
+    ) -> Result<Vec<v1::ImageSummary>, CliError> {
+        let req = v1::ListImagesRequest { all };
+        let res = self.images.list(req).await.map_err(|s| self.fail(s))?;
+        Ok(res.into_inner().images)
+    }
+
+    pub(crate) async fn inspect_image(&mut self, image: &str) -> Result<v1::ImageInfo, CliError> {
+        let req = v1::ImageRef {
+            image: image.to_owned(),
+        };
+        let res = self.images.inspect(req).await.map_err(|s| self.fail(s))?;
+        Ok(res.into_inner())
+    }
+
+    pub(crate) async fn image_history(
+        &mut self,
+        image: &str,
+    ) -> Result<Vec<v1::HistoryEntry>, CliError> {
+        let req = v1::ImageRef {
+            image: image.to_owned(),
+        };
+        let res = self.images.history(req).await.map_err(|s| self.fail(s))?;
+        Ok(res.into_inner().entries)
+    }
+
+    pub(crate) async fn tag_image(&mut self, source: &str, target: &str) -> Result<(), CliError> {
+        let req = v1::TagImageRequest {
+            source: source.to_owned(),
+            target: target.to_owned(),
+        };
+        self.images.tag(req).await.map_err(|s| self.fail(s))?;
+        Ok(())
+    }
+
+    pub(crate) async fn remove_image(
+        &mut self,
+        image: &str,
+        force: bool,
+    ) -> Result<Vec<v1::RemovedImage>, CliError> {
+        let req = v1::RemoveImageRequest {
+            image: image.to_owned(),
+            force,
+        };
+        let res = self.images.remove(req).await.map_err(|s| self.fail(s))?;
+        Ok(res.into_inner().removed)
+    }
+
+    /// Streams `chunks` (read from `source`) as a `Load`.
+    pub(crate) async fn load_images(
+        &mut self,
+        chunks: mpsc::Receiver<std::io::Result<Vec<u8>>>,
+        source: &str,
+    ) -> Result<v1::LoadImagesResponse, CliError> {
+        let (tx, rx) = mpsc::channel(2);
+        let mut client = self.images.clone();
+        let rpc = client.load(ReceiverStream::new(rx));
+        let res = upload(rpc, tx, chunks, source, |data| v1::DataChunk { data }).await;
+        res.map_err(|err| err.into_cli(self))
+    }
+
+    pub(crate) async fn save_images(
+        &mut self,
+        images: Vec<String>,
+    ) -> Result<Streaming<v1::DataChunk>, CliError> {
+        let req = v1::SaveImagesRequest { images };
+        let res = self.images.save(req).await.map_err(|s| self.fail(s))?;
+        Ok(res.into_inner())
+    }
+
+    /// Streams `spec`, then `chunks` (read from `source`), as an `Import`.
+    pub(crate) async fn import_image(
+        &mut self,
+        spec: v1::ImportSpec,
+        chunks: mpsc::Receiver<std::io::Result<Vec<u8>>>,
+        source: &str,
+    ) -> Result<v1::ImageSummary, CliError> {
+        let (tx, rx) = mpsc::channel(2);
+        let first = v1::ImportChunk {
+            part: Some(v1::import_chunk::Part::Spec(spec)),
+        };
+        tx.send(first)
+            .await
+            .map_err(|_| CliError::Protocol("the import stream closed before it started"))?;
+        let mut client = self.images.clone();
+        let rpc = client.import(ReceiverStream::new(rx));
+        let res = upload(rpc, tx, chunks, source, |data| v1::ImportChunk {
+            part: Some(v1::import_chunk::Part::Data(data)),
+        })
+        .await;
+        res.map_err(|err| err.into_cli(self))
+    }
+
+    pub(crate) async fn prune_images(&mut self) -> Result<v1::PruneImagesResponse, CliError> {
+        let res = self
+            .images
+            .prune(v1::PruneImagesRequest {})
+            .await
+            .map_err(|s| self.fail(s))?;
+        Ok(res.into_inner())
+    }
+}
+
+/// Why an upload failed: the daemon said so, or our input could not be read.
+enum UploadError {
+    Status(tonic::Status),
+    Read(CliError),
+}
+
+impl UploadError {
+    fn into_cli(self, daemon: &Daemon) -> CliError {
+        match self {
+            UploadError::Status(status) => daemon.fail(status),
+            UploadError::Read(err) => err,
+        }
+    }
+}
+
+/// Feeds `chunks` into a client-streaming `rpc` through `tx`; an early answer from the daemon
+/// (a refusal) ends it at once.
+///
+/// A read error must not look like the end of the tarball. Closing `tx` would end the stream
+/// cleanly, and so, in effect, would dropping `rpc`: that resets the HTTP/2 stream with CANCEL,
+/// which hyper's server reports to the handler as a normal end of body. So on a read error both
+/// are leaked: the stream stays open until this process exits (right after printing the error),
+/// and the daemon then sees the connection drop mid-upload, which is an error.
+async fn upload<T, R>(
+    rpc: impl Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    tx: mpsc::Sender<T>,
+    mut chunks: mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    source: &str,
+    wrap: impl Fn(Vec<u8>) -> T,
+) -> Result<R, UploadError> {
+    let mut rpc = Box::pin(rpc);
+    loop {
+        tokio::select! {
+            res = &mut rpc => return res.map(tonic::Response::into_inner).map_err(UploadError::Status),
+            chunk = chunks.recv() => match chunk {
+                Some(Ok(data)) => {
+                    tokio::select! {
+                        res = &mut rpc => {
+                            return res.map(tonic::Response::into_inner).map_err(UploadError::Status);
+                        }
+                        sent = tx.send(wrap(data)) => {
+                            if sent.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                Some(Err(err)) => {
+                    // See above: neither a clean end nor a CANCEL reset may reach the daemon.
+                    std::mem::forget(rpc);
+                    std::mem::forget(tx);
+                    return Err(UploadError::Read(CliError::ReadInput {
+                        path: source.to_owned(),
+                        reason: io_reason(&err).to_lowercase(),
+                    }));
+                }
+                None => break,
+            },
+        }
+    }
+    drop(tx);
+    rpc.await
+        .map(tonic::Response::into_inner)
+        .map_err(UploadError::Status)
 }

@@ -1,12 +1,16 @@
 //! End-to-end tests of the verbs: parsed argv → requests over a real unix socket → a fake
-//! daemon (in-memory, this file) → the exact text a user sees.
+//! daemon (in-memory, this file and its children) → the exact text a user sees.
+
+mod containers;
+mod images;
 
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 use prost_types::Timestamp;
 use shoal_api::v1::{
-    self, control_server::Control, control_server::ControlServer, swarm_server::Swarm,
+    self, containers_server::ContainersServer, control_server::Control,
+    control_server::ControlServer, images_server::ImagesServer, swarm_server::Swarm,
     swarm_server::SwarmServer,
 };
 use tokio::net::UnixListener;
@@ -14,9 +18,11 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::commands::{Command, run_to};
+use crate::stdio::{Input, Stdio};
 use crate::{CliError, GlobalArgs};
 
 #[derive(Debug, Parser)]
+#[command(disable_help_flag = true)]
 struct Argv {
     #[command(subcommand)]
     command: Command,
@@ -31,6 +37,9 @@ struct State {
     next_version: u64,
     /// Requests seen, by method name, so tests can say what was (not) sent.
     calls: Vec<&'static str>,
+    /// The local container and image services' state (see the child modules).
+    local: containers::Local,
+    images: images::Store,
 }
 
 #[derive(Clone, Default)]
@@ -364,6 +373,30 @@ impl Control for Fake {
     }
 }
 
+/// What one verb wrote and returned.
+struct Outcome {
+    out: Vec<u8>,
+    err: Vec<u8>,
+    result: Result<u8, CliError>,
+}
+
+impl Outcome {
+    fn out(&self) -> String {
+        String::from_utf8(self.out.clone()).unwrap()
+    }
+
+    fn err(&self) -> String {
+        String::from_utf8(self.err.clone()).unwrap()
+    }
+
+    fn error(&self) -> String {
+        match &self.result {
+            Err(err) => err.to_string(),
+            Ok(status) => panic!("expected an error, got status {status}"),
+        }
+    }
+}
+
 /// A fake daemon on a socket in a fresh directory; dropped with the test.
 struct Harness {
     fake: Fake,
@@ -383,6 +416,8 @@ impl Harness {
         let server = tonic::transport::Server::builder()
             .add_service(SwarmServer::new(fake.clone()))
             .add_service(ControlServer::new(fake.clone()))
+            .add_service(ContainersServer::new(fake.clone()))
+            .add_service(ImagesServer::new(fake.clone()))
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
                 let _ = stopped.await;
             });
@@ -400,21 +435,55 @@ impl Harness {
         }
     }
 
-    async fn run(&self, args: &[&str]) -> (String, Result<(), CliError>) {
+    /// Runs one verb with `input` as stdin and the given terminal flags.
+    async fn run_io(
+        &self,
+        args: &[&str],
+        input: &[u8],
+        stdin_tty: bool,
+        stdout_tty: bool,
+    ) -> Outcome {
+        let input = Input::Bytes(input.to_vec());
+        self.run_input(args, input, stdin_tty, stdout_tty).await
+    }
+
+    /// Runs one verb with `input` as stdin and the given terminal flags.
+    async fn run_input(
+        &self,
+        args: &[&str],
+        input: Input,
+        stdin_tty: bool,
+        stdout_tty: bool,
+    ) -> Outcome {
         let mut argv = vec!["shoal"];
         argv.extend_from_slice(args);
-        let command = Argv::try_parse_from(argv).unwrap().command;
-        let mut out = Vec::new();
-        let result = run_to(&self.global, command, &mut out).await;
-        (String::from_utf8(out).unwrap(), result)
+        let command = Argv::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .command;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut io = Stdio {
+            out: &mut out,
+            err: &mut err,
+            input,
+            stdin_tty,
+            stdout_tty,
+        };
+        let result = run_to(&self.global, command, &mut io).await;
+        Outcome { out, err, result }
+    }
+
+    async fn run(&self, args: &[&str]) -> (String, Result<u8, CliError>) {
+        let outcome = self.run_io(args, b"", false, false).await;
+        (outcome.out(), outcome.result)
     }
 
     async fn ok(&self, args: &[&str]) -> String {
         let (out, result) = self.run(args).await;
-        if let Err(err) = result {
-            panic!("{args:?} failed: {err}\noutput: {out}");
+        match result {
+            Ok(0) => out,
+            Ok(status) => panic!("{args:?} exited {status}\noutput: {out}"),
+            Err(err) => panic!("{args:?} failed: {err}\noutput: {out}"),
         }
-        out
     }
 
     async fn stop(&mut self) {

@@ -2,6 +2,8 @@
 //! into typed values (or a one-line reason) before any request is sent. Each parser is a
 //! clap `value_parser`, so bad values are usage errors reported by clap.
 
+pub(crate) mod container;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -2,6 +2,8 @@
 //! and socket, drives them through the real CLI, and kills or restarts them on demand.
 //! Everything it makes lives under one temporary directory that is removed afterwards.
 
+pub mod images;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

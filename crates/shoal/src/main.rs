@@ -28,12 +28,25 @@ struct Cli {
 enum TopLevel {
     /// Run the shoal daemon on this host.
     Daemon(daemon::DaemonArgs),
+    /// The OCI runtime command line (create, start, state, kill, delete, exec), usable in
+    /// place of runc.
+    Runtime(shoal_runtime::oci_cli::RuntimeArgs),
     #[command(flatten)]
     Client(shoal_cli::Command),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Container creation needs a single-threaded process: decide before any runtime starts.
+    if let TopLevel::Runtime(args) = cli.command {
+        return match shoal_runtime::oci_cli::run(args) {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
+            Err(error) => {
+                eprintln!("Error: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -55,8 +68,9 @@ fn main() -> ExitCode {
                 }
             }
         }
+        TopLevel::Runtime(_) => unreachable!("handled before the async runtime starts"),
         TopLevel::Client(command) => match runtime.block_on(shoal_cli::run(&cli.global, command)) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(code) => ExitCode::from(code),
             Err(error) => {
                 eprintln!("Error: {error}");
                 ExitCode::from(error.exit_code())

@@ -3,12 +3,17 @@
 //! writer so their output is testable.
 
 pub mod config;
+pub mod container;
+pub mod image;
 pub mod info;
 pub mod node;
+pub mod run;
 pub mod swarm;
 
 use std::io::Write;
 
+use crate::daemon::Lifecycle;
+use crate::stdio::Stdio;
 use crate::{CliError, GlobalArgs};
 
 /// Where a handler writes its results (stdout in the binary, a buffer in tests).
@@ -17,6 +22,72 @@ pub(crate) type Out<'a> = &'a mut (dyn Write + Send);
 /// Every client verb: the binary flattens this into its top-level subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
+    /// Create and run a new container from an image
+    // `-h` is --hostname, as in Docker; help stays on --help.
+    #[command(
+        disable_help_flag = true,
+        override_usage = "shoal run [OPTIONS] IMAGE [COMMAND] [ARG...]"
+    )]
+    Run(Box<run::RunArgs>),
+    /// Create a new container
+    #[command(
+        disable_help_flag = true,
+        override_usage = "shoal create [OPTIONS] IMAGE [COMMAND] [ARG...]"
+    )]
+    Create(Box<run::CreateArgs>),
+    /// Start one or more stopped containers
+    Start(run::StartArgs),
+    /// Attach local standard input, output, and error streams to a running container
+    Attach(run::AttachArgs),
+    /// List containers
+    Ps(container::PsArgs),
+    /// Fetch the logs of a container
+    Logs(container::LogsArgs),
+    /// Execute a command in a running container
+    #[command(override_usage = "shoal exec [OPTIONS] CONTAINER COMMAND [ARG...]")]
+    Exec(container::ExecArgs),
+    /// Stop one or more running containers
+    Stop(container::StopArgs),
+    /// Restart one or more containers
+    Restart(container::StopArgs),
+    /// Kill one or more running containers
+    Kill(container::KillArgs),
+    /// Pause all processes within one or more containers
+    Pause(container::ContainerRefs),
+    /// Unpause all processes within one or more containers
+    Unpause(container::ContainerRefs),
+    /// Remove one or more containers
+    Rm(container::RmArgs),
+    /// Block until one or more containers stop, then print their exit codes
+    Wait(container::ContainerRefs),
+    /// Display detailed information on one or more containers
+    Inspect(container::InspectArgs),
+    /// Display the running processes of a container
+    Top(container::TopArgs),
+    /// Display a live stream of container(s) resource usage statistics
+    Stats(container::StatsArgs),
+    /// List port mappings or a specific mapping for the container
+    Port(container::PortArgs),
+    /// Manage containers
+    #[command(subcommand)]
+    Container(ContainerCommand),
+    /// Manage images
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// List images
+    Images(image::LsArgs),
+    /// Remove one or more images
+    Rmi(image::RmArgs),
+    /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
+    Tag(image::TagArgs),
+    /// Show the history of an image
+    History(image::HistoryArgs),
+    /// Load an image from a tar archive or STDIN
+    Load(image::LoadArgs),
+    /// Save one or more images to a tar archive (streamed to STDOUT by default)
+    Save(image::SaveArgs),
+    /// Import the contents from a tarball to create a filesystem image
+    Import(image::ImportArgs),
     /// Manage the swarm
     #[command(subcommand)]
     Swarm(swarm::SwarmCommand),
@@ -30,16 +101,143 @@ pub enum Command {
     Info(info::InfoArgs),
 }
 
+/// `shoal container …`: the container verbs under Docker's management command.
+#[derive(Debug, clap::Subcommand)]
+pub enum ContainerCommand {
+    /// Attach local standard input, output, and error streams to a running container
+    Attach(run::AttachArgs),
+    /// Create a new container
+    #[command(
+        disable_help_flag = true,
+        override_usage = "shoal container create [OPTIONS] IMAGE [COMMAND] [ARG...]"
+    )]
+    Create(Box<run::CreateArgs>),
+    /// Execute a command in a running container
+    #[command(override_usage = "shoal container exec [OPTIONS] CONTAINER COMMAND [ARG...]")]
+    Exec(container::ExecArgs),
+    /// Display detailed information on one or more containers
+    Inspect(container::InspectArgs),
+    /// Kill one or more running containers
+    Kill(container::KillArgs),
+    /// Fetch the logs of a container
+    Logs(container::LogsArgs),
+    /// List containers
+    #[command(visible_aliases = ["list", "ps"])]
+    Ls(container::PsArgs),
+    /// Pause all processes within one or more containers
+    Pause(container::ContainerRefs),
+    /// List port mappings or a specific mapping for the container
+    Port(container::PortArgs),
+    /// Restart one or more containers
+    Restart(container::StopArgs),
+    /// Remove one or more containers
+    #[command(visible_alias = "remove")]
+    Rm(container::RmArgs),
+    /// Create and run a new container from an image
+    #[command(
+        disable_help_flag = true,
+        override_usage = "shoal container run [OPTIONS] IMAGE [COMMAND] [ARG...]"
+    )]
+    Run(Box<run::RunArgs>),
+    /// Start one or more stopped containers
+    Start(run::StartArgs),
+    /// Display a live stream of container(s) resource usage statistics
+    Stats(container::StatsArgs),
+    /// Stop one or more running containers
+    Stop(container::StopArgs),
+    /// Display the running processes of a container
+    Top(container::TopArgs),
+    /// Unpause all processes within one or more containers
+    Unpause(container::ContainerRefs),
+    /// Block until one or more containers stop, then print their exit codes
+    Wait(container::ContainerRefs),
+}
+
+impl From<ContainerCommand> for Command {
+    fn from(command: ContainerCommand) -> Self {
+        match command {
+            ContainerCommand::Attach(a) => Command::Attach(a),
+            ContainerCommand::Create(a) => Command::Create(a),
+            ContainerCommand::Exec(a) => Command::Exec(a),
+            ContainerCommand::Inspect(a) => Command::Inspect(a),
+            ContainerCommand::Kill(a) => Command::Kill(a),
+            ContainerCommand::Logs(a) => Command::Logs(a),
+            ContainerCommand::Ls(a) => Command::Ps(a),
+            ContainerCommand::Pause(a) => Command::Pause(a),
+            ContainerCommand::Port(a) => Command::Port(a),
+            ContainerCommand::Restart(a) => Command::Restart(a),
+            ContainerCommand::Rm(a) => Command::Rm(a),
+            ContainerCommand::Run(a) => Command::Run(a),
+            ContainerCommand::Start(a) => Command::Start(a),
+            ContainerCommand::Stats(a) => Command::Stats(a),
+            ContainerCommand::Stop(a) => Command::Stop(a),
+            ContainerCommand::Top(a) => Command::Top(a),
+            ContainerCommand::Unpause(a) => Command::Unpause(a),
+            ContainerCommand::Wait(a) => Command::Wait(a),
+        }
+    }
+}
+
+/// Runs one verb; `Ok` carries the exit status (a container's or process's for `run`,
+/// `start -a`, `attach` and `exec`, else 0).
 pub(crate) async fn run_to(
     global: &GlobalArgs,
     command: Command,
-    out: Out<'_>,
-) -> Result<(), CliError> {
+    io: &mut Stdio<'_>,
+) -> Result<u8, CliError> {
+    let done = |result: Result<(), CliError>| result.map(|()| 0);
+    let command = match command {
+        Command::Container(cmd) => cmd.into(),
+        other => other,
+    };
     match command {
-        Command::Swarm(cmd) => swarm::run(global, cmd, out).await,
-        Command::Node(cmd) => node::run(global, cmd, out).await,
-        Command::Config(cmd) => config::run(global, cmd, out).await,
-        Command::Info(args) => info::run(global, args, out).await,
+        Command::Run(args) => run::run(global, *args, io).await,
+        Command::Create(args) => run::create(global, *args, io).await,
+        Command::Start(args) => run::start(global, args, io).await,
+        Command::Attach(args) => run::attach(global, args, io).await,
+        Command::Ps(args) => container::ps(global, args, io).await,
+        Command::Logs(args) => container::logs(global, args, io).await,
+        Command::Exec(args) => container::exec(global, args, io).await,
+        Command::Stop(args) => {
+            let op = container::stop_op(&args);
+            container::each(global, args.containers(), op, io).await
+        }
+        Command::Restart(args) => {
+            let op = container::restart_op(&args);
+            container::each(global, args.containers(), op, io).await
+        }
+        Command::Kill(args) => {
+            let (op, refs) = args.op();
+            container::each(global, refs, op, io).await
+        }
+        Command::Pause(args) => {
+            container::each(global, args.containers(), Lifecycle::Pause, io).await
+        }
+        Command::Unpause(args) => {
+            container::each(global, args.containers(), Lifecycle::Unpause, io).await
+        }
+        Command::Rm(args) => {
+            let (op, refs) = args.op();
+            container::each(global, refs, op, io).await
+        }
+        Command::Wait(args) => container::wait(global, args, io).await,
+        Command::Inspect(args) => container::inspect(global, args, io).await,
+        Command::Top(args) => container::top(global, args, io).await,
+        Command::Stats(args) => container::stats(global, args, io).await,
+        Command::Port(args) => container::port(global, args, io).await,
+        Command::Container(_) => unreachable!("container verbs are mapped to top-level ones above"),
+        Command::Image(cmd) => image::run(global, cmd, io).await,
+        Command::Images(args) => image::run(global, image::ImageCommand::Ls(args), io).await,
+        Command::Rmi(args) => image::run(global, image::ImageCommand::Rm(args), io).await,
+        Command::Tag(args) => image::run(global, image::ImageCommand::Tag(args), io).await,
+        Command::History(args) => image::run(global, image::ImageCommand::History(args), io).await,
+        Command::Load(args) => image::run(global, image::ImageCommand::Load(args), io).await,
+        Command::Save(args) => image::run(global, image::ImageCommand::Save(args), io).await,
+        Command::Import(args) => image::run(global, image::ImageCommand::Import(args), io).await,
+        Command::Swarm(cmd) => done(swarm::run(global, cmd, io.out).await),
+        Command::Node(cmd) => done(node::run(global, cmd, io.out).await),
+        Command::Config(cmd) => done(config::run(global, cmd, io.out).await),
+        Command::Info(args) => done(info::run(global, args, io.out).await),
     }
 }
 
@@ -136,6 +334,97 @@ mod tests {
             usage(&["node", "inspect", "--pretty", "--format", "json", "n"]),
             2
         );
+    }
+
+    #[test]
+    fn container_and_image_usage_errors_are_clap_errors() {
+        let usage = |args: &[&str]| parse(args).unwrap_err().exit_code();
+        for args in [
+            &["run"][..],
+            &["run", "-m", "lots", "alpine"],
+            &["run", "--cpus", "1.5.2", "alpine"],
+            &["run", "-p", "80:80:80:80", "alpine"],
+            &["run", "--restart", "sometimes", "alpine"],
+            &["create", "--network", "overlay", "alpine"],
+            &["exec", "web"],
+            &["stop"],
+            &["kill", "-s", "HUP"],
+            &["ps", "--format", "yaml"],
+            &["logs", "--tail", "ten", "web"],
+            &["logs", "--since", "yesterday", "web"],
+            &["port", "web", "80-81"],
+            &["import", "-c", "RUN make", "rootfs.tar"],
+            &["image", "rm"],
+            &["tag", "only-one"],
+            &["container", "ls", "--bogus"],
+        ] {
+            assert_eq!(usage(args), 2, "{args:?}");
+        }
+        // `-h` is the hostname for run and create, as in Docker; --help still helps.
+        let err = parse(&["run", "--help"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp);
+        assert_eq!(usage(&["run", "-h"]), 2);
+    }
+
+    #[test]
+    fn docker_shaped_container_and_image_invocations_parse() {
+        for args in [
+            &["run", "-it", "--rm", "-h", "box", "alpine", "sh"][..],
+            &[
+                "run",
+                "-d",
+                "-p",
+                "8080:80",
+                "-v",
+                "data:/data",
+                "--name",
+                "web",
+                "nginx",
+            ],
+            &["run", "--sig-proxy=false", "alpine", "sleep", "1"],
+            &["create", "-e", "A=1", "--env-file", "app.env", "alpine"],
+            &["start", "-ai", "web"],
+            &["attach", "--no-stdin", "web"],
+            &["ps", "-aq", "--no-trunc"],
+            &["container", "ls", "--format", "json"],
+            &["container", "ps", "-n", "2"],
+            &["container", "run", "--rm", "alpine", "true"],
+            &["logs", "-f", "-n", "10", "-t", "--since", "10m", "web"],
+            &[
+                "exec", "-it", "-u", "root", "-w", "/", "web", "sh", "-c", "ls -la",
+            ],
+            &["stop", "-t", "5", "web", "api"],
+            &["restart", "--timeout", "0", "web"],
+            &["kill", "-s", "HUP", "web"],
+            &["rm", "-fv", "web"],
+            &["wait", "web"],
+            &["inspect", "web", "api"],
+            &["top", "web"],
+            &["stats", "--no-stream", "-a"],
+            &["port", "web", "53/udp"],
+            &["image", "ls", "-a"],
+            &["images", "-q", "alpine"],
+            &["image", "rm", "-f", "alpine"],
+            &["rmi", "alpine", "nginx"],
+            &["image", "inspect", "alpine"],
+            &["tag", "alpine", "base:1"],
+            &["history", "--no-trunc", "alpine"],
+            &["load", "-i", "images.tar"],
+            &["image", "load", "-q"],
+            &["save", "-o", "out.tar", "alpine", "nginx"],
+            &[
+                "import",
+                "-c",
+                "CMD [\"/bin/sh\"]",
+                "-m",
+                "msg",
+                "-",
+                "base:1",
+            ],
+            &["image", "prune", "-f"],
+        ] {
+            parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! request, so every output shape is unit-testable against a `Vec<u8>`.
 
 pub(crate) mod base64;
+pub(crate) mod container;
 pub(crate) mod table;
 pub(crate) mod time;
 pub(crate) mod units;

@@ -31,6 +31,26 @@ pub(crate) fn human_date(ts: Option<&Timestamp>) -> String {
         .unwrap_or_else(|| "N/A".to_owned())
 }
 
+/// Log timestamps as Docker prints them (`RFC3339NanoFixed`): UTC, always nine fractional
+/// digits, so the columns line up.
+pub(crate) fn rfc3339_nano_fixed(ts: &Timestamp) -> String {
+    let format =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z");
+    to_datetime(ts)
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| "0001-01-01T00:00:00.000000000Z".to_owned())
+}
+
+/// How long ago `ts` was, as Docker's `HumanDuration` (`5 seconds`, `About an hour`), for
+/// statuses like `Up 5 seconds`. Unset or future instants read as no time at all.
+pub(crate) fn elapsed(ts: Option<&Timestamp>, now: OffsetDateTime) -> String {
+    let elapsed = ts
+        .and_then(to_datetime)
+        .and_then(|then| Duration::try_from(now - then).ok())
+        .unwrap_or(Duration::ZERO);
+    human_duration(elapsed)
+}
+
 /// Docker's relative time for a past instant: `About a minute ago`, `3 days ago`.
 /// A timestamp slightly in the future (clock skew) reads as just now.
 pub(crate) fn ago(ts: Option<&Timestamp>, now: OffsetDateTime) -> String {
@@ -117,6 +137,21 @@ mod tests {
             "Less than a second ago"
         );
         assert_eq!(ago(None, now), "N/A");
+    }
+
+    #[test]
+    fn log_timestamps_and_elapsed() {
+        assert_eq!(
+            rfc3339_nano_fixed(&ts(1_700_000_000, 5_000)),
+            "2023-11-14T22:13:20.000005000Z"
+        );
+        assert_eq!(
+            rfc3339_nano_fixed(&ts(1_700_000_000, 0)),
+            "2023-11-14T22:13:20.000000000Z"
+        );
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        assert_eq!(elapsed(Some(&ts(1_700_000_000 - 5, 0)), now), "5 seconds");
+        assert_eq!(elapsed(None, now), "Less than a second");
     }
 
     #[test]

@@ -44,6 +44,61 @@ pub(crate) struct DaemonArgs {
     /// benchmarks that measure what grouping buys.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub(crate) raft_group_commit: bool,
+
+    /// Bridge for containers' default network (created if missing), or `none` to give
+    /// containers no network unless they ask for `--network host`.
+    #[arg(long, value_name = "NAME|none", default_value = "shoal0")]
+    pub(crate) bridge: String,
+
+    /// Subnet of the default bridge.
+    #[arg(long, value_name = "CIDR", default_value = "172.30.0.0/16")]
+    pub(crate) bridge_subnet: String,
+
+    /// Rotate a container's log when it reaches this many bytes (0: never).
+    #[arg(long, value_name = "BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub(crate) log_max_size: u64,
+
+    /// Log files kept per container, the live one included.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub(crate) log_max_files: u32,
+}
+
+fn engine_config(args: &DaemonArgs) -> anyhow::Result<shoal_engine::EngineConfig> {
+    let shoal_binary = std::env::current_exe().context("cannot locate the shoal executable")?;
+    let shim_binary = shoal_binary
+        .parent()
+        .map(|dir| dir.join("shoal-shim"))
+        .context("the shoal executable has no directory")?;
+    if !shim_binary.exists() {
+        anyhow::bail!(
+            "{} is missing: install shoal-shim beside shoal",
+            shim_binary.display()
+        );
+    }
+    let bridge = if args.bridge == "none" {
+        None
+    } else {
+        let subnet = args.bridge_subnet.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "invalid --bridge-subnet {:?}: expected a CIDR such as 172.30.0.0/16",
+                args.bridge_subnet
+            )
+        })?;
+        Some(shoal_net::BridgeConfig {
+            bridge: args.bridge.clone(),
+            subnet,
+            ..Default::default()
+        })
+    };
+    Ok(shoal_engine::EngineConfig {
+        data_root: args.data_root.clone(),
+        exec_root: args.exec_root.clone(),
+        shim_binary,
+        shoal_binary,
+        bridge,
+        log_max_size: (args.log_max_size > 0).then_some(args.log_max_size),
+        log_max_files: args.log_max_files.max(1),
+    })
 }
 
 pub(crate) async fn run(args: DaemonArgs, host: &str) -> anyhow::Result<()> {
@@ -67,6 +122,9 @@ pub(crate) async fn run(args: DaemonArgs, host: &str) -> anyhow::Result<()> {
         )
         .await?,
     );
+    let engine = shoal_engine::Engine::open(engine_config(&args)?)
+        .await
+        .context("cannot start the container engine")?;
     let listener = socket::bind(&socket_path, args.group.as_deref())?;
     tracing::info!(socket = %socket_path.display(), data_root = %args.data_root.display(), "daemon ready");
 
@@ -81,6 +139,8 @@ pub(crate) async fn run(args: DaemonArgs, host: &str) -> anyhow::Result<()> {
     let served = tonic::transport::Server::builder()
         .add_service(swarm::SwarmApi::server(membership.clone()))
         .add_service(ControlApi::new(slot).into_server())
+        .add_service(shoal_engine::ContainersApi::server(engine.clone()))
+        .add_service(shoal_engine::ImagesApi::server(engine.clone()))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
             shutdown,

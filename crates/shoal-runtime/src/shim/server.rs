@@ -1,0 +1,549 @@
+//! The shim process itself: daemonize, create the container, then one single-threaded `poll`
+//! loop over a signalfd (SIGCHLD: reap), the container's output (to the json-file log), and the
+//! control socket; record `exit.json` when the container is gone, linger for `shutdown`.
+#![allow(unsafe_code)]
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork, pipe2, setsid};
+
+use super::log::{LineSplitter, LogWriter};
+use super::{ExitRecord, Request, Response, ShimArgs, ShimState};
+use crate::container::{self, Bundle, Container, Stdio};
+
+/// Output streams are drained for this long after the init exits, in case a straggler (an exec
+/// session, say) still holds them; then the exit is recorded regardless.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs the shim; returns the process exit code.
+pub fn run(args: ShimArgs) -> i32 {
+    // Daemonize: the daemon's Command child exits at once, the shim is reparented away from the
+    // daemon and survives it. Single-threaded here, so fork is sound.
+    // SAFETY: no other thread exists in this process yet; the child continues normally.
+    match unsafe { fork() } {
+        Ok(ForkResult::Parent { .. }) => {
+            // SAFETY: leave without running destructors that the child's copy still owns.
+            unsafe { libc::_exit(0) }
+        }
+        Ok(ForkResult::Child) => {}
+        Err(e) => {
+            println!("error fork: {e}");
+            return 1;
+        }
+    }
+    let _ = setsid();
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        println!("error set child subreaper: {e}");
+        return 1;
+    }
+    match Shim::setup(&args) {
+        Ok(mut shim) => {
+            println!("ok {} {}", std::process::id(), shim.container.pid());
+            let _ = std::io::stdout().flush();
+            detach_stdio();
+            // SAFETY: malloc_trim only returns free heap pages to the kernel.
+            unsafe { libc::malloc_trim(0) };
+            shim.run()
+        }
+        Err(e) => {
+            println!("error {}", e.replace('\n', " "));
+            1
+        }
+    }
+}
+
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        let _ = nix::unistd::dup2_stdin(&null);
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
+}
+
+fn set_nonblocking(fd: &OwnedFd) {
+    if let Ok(bits) = fcntl(fd, FcntlArg::F_GETFL) {
+        let flags = OFlag::from_bits_truncate(bits) | OFlag::O_NONBLOCK;
+        let _ = fcntl(fd, FcntlArg::F_SETFL(flags));
+    }
+}
+
+struct Output {
+    fd: OwnedFd,
+    stream: &'static str,
+    split: LineSplitter,
+}
+
+struct Client {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    waiting: bool,
+    closed: bool,
+}
+
+struct Shim {
+    id: String,
+    state_root: std::path::PathBuf,
+    socket: std::path::PathBuf,
+    container: Container,
+    outputs: Vec<Output>,
+    tty_master: Option<OwnedFd>,
+    log: Option<LogWriter>,
+    signals: SignalFd,
+    listener: UnixListener,
+    clients: Vec<Client>,
+    exit_status: Option<WaitStatus>,
+    exited_at: Option<Instant>,
+    record: Option<ExitRecord>,
+    finalized_at: Option<Instant>,
+    exit_timeout: Duration,
+    shutdown: Option<bool>,
+}
+
+impl Shim {
+    fn setup(args: &ShimArgs) -> Result<Shim, String> {
+        let mut mask = SigSet::empty();
+        for s in [
+            Signal::SIGCHLD,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+        ] {
+            mask.add(s);
+        }
+        mask.thread_block().map_err(|e| format!("block signals: {e}"))?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| format!("signalfd: {e}"))?;
+
+        let _ = std::fs::remove_file(&args.socket);
+        if let Some(parent) = args.socket.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("mkdir {}: {e}", parent.display()))?;
+        }
+        let listener = UnixListener::bind(&args.socket)
+            .map_err(|e| format!("bind {}: {e}", args.socket.display()))?;
+        let _ = std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o600));
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("socket: {e}"))?;
+        let log = LogWriter::open(&args.log.path, args.log.max_size, args.log.max_files)
+            .map_err(|e| format!("open log {}: {e}", args.log.path.display()))?;
+
+        let bundle = Bundle::load(&args.bundle).map_err(|e| e.to_string())?;
+        let mut outputs = Vec::new();
+        let mut tty_master = None;
+        let stdio = if args.tty {
+            let pty = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
+            let _ = fcntl(&pty.master, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+            set_nonblocking(&pty.master);
+            let dup = pty
+                .master
+                .try_clone()
+                .map_err(|e| format!("dup pty: {e}"))?;
+            outputs.push(Output {
+                fd: dup,
+                stream: "stdout",
+                split: LineSplitter::default(),
+            });
+            tty_master = Some(pty.master);
+            Stdio::Tty { slave: pty.slave }
+        } else {
+            let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+            let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+            set_nonblocking(&out_r);
+            set_nonblocking(&err_r);
+            outputs.push(Output {
+                fd: out_r,
+                stream: "stdout",
+                split: LineSplitter::default(),
+            });
+            outputs.push(Output {
+                fd: err_r,
+                stream: "stderr",
+                split: LineSplitter::default(),
+            });
+            let stdin = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+            Stdio::Fds {
+                stdin: stdin.into(),
+                stdout: out_w,
+                stderr: err_w,
+            }
+        };
+        let container =
+            container::create(&args.id, &bundle, &args.state_root, stdio).map_err(|e| {
+                let _ = std::fs::remove_file(&args.socket);
+                e.to_string()
+            })?;
+        Ok(Shim {
+            id: args.id.clone(),
+            state_root: args.state_root.clone(),
+            socket: args.socket.clone(),
+            container,
+            outputs,
+            tty_master,
+            log: Some(log),
+            signals,
+            listener,
+            clients: Vec::new(),
+            exit_status: None,
+            exited_at: None,
+            record: None,
+            finalized_at: None,
+            exit_timeout: args.exit_timeout,
+            shutdown: None,
+        })
+    }
+
+    fn run(&mut self) -> i32 {
+        loop {
+            let timeout = self.poll_timeout();
+            let mut readable = vec![false; 2 + self.outputs.len() + self.clients.len()];
+            {
+                let mut fds = Vec::with_capacity(readable.len());
+                fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
+                fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+                for o in &self.outputs {
+                    fds.push(PollFd::new(o.fd.as_fd(), PollFlags::POLLIN));
+                }
+                for c in &self.clients {
+                    fds.push(PollFd::new(c.stream.as_fd(), PollFlags::POLLIN));
+                }
+                match poll(&mut fds, timeout) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => tracing::warn!(error = %e, "poll"),
+                }
+                for (i, fd) in fds.iter().enumerate() {
+                    readable[i] = fd.revents().is_some_and(|r| !r.is_empty());
+                }
+            }
+            let n_out = self.outputs.len();
+            if readable[0] {
+                self.handle_signals();
+            }
+            for i in (0..n_out).rev() {
+                if readable[2 + i] {
+                    self.drain_output(i);
+                }
+            }
+            for i in 0..self.clients.len() {
+                if readable[2 + n_out + i] {
+                    self.read_client(i);
+                }
+            }
+            if readable[1] {
+                self.accept();
+            }
+            self.clients.retain(|c| !c.closed);
+            self.maybe_finalize();
+            if let Some(code) = self.maybe_exit() {
+                return code;
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> PollTimeout {
+        if self.exit_status.is_some() && self.record.is_none() {
+            return PollTimeout::from(100u16);
+        }
+        if let Some(at) = self.finalized_at {
+            let left = self.exit_timeout.saturating_sub(at.elapsed());
+            return PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
+                .unwrap_or(PollTimeout::NONE);
+        }
+        PollTimeout::NONE
+    }
+
+    fn handle_signals(&mut self) {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            if info.ssi_signo != libc::SIGCHLD as u32 {
+                // The shim stops only through `shutdown`: a stray SIGTERM (say, a service
+                // manager stopping the daemon's cgroup) must not take the container's log down.
+                tracing::debug!(signal = info.ssi_signo, "ignored signal");
+            }
+        }
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(status) => {
+                    if status.pid() == Some(self.container.pid()) && self.exit_status.is_none() {
+                        self.exit_status = Some(status);
+                        self.exited_at = Some(Instant::now());
+                    }
+                }
+            }
+        }
+    }
+
+    fn drain_output(&mut self, i: usize) {
+        let mut buf = [0u8; 32 * 1024];
+        loop {
+            let out = &mut self.outputs[i];
+            match nix::unistd::read(&out.fd, &mut buf) {
+                Ok(0) | Err(Errno::EIO) => {
+                    // EOF (pipe) or EIO (pty with no slave left).
+                    let now = crate::timefmt::now();
+                    let mut out = self.outputs.remove(i);
+                    let log = &mut self.log;
+                    out.split.flush(|c| write_log(log, out.stream, c, &now));
+                    return;
+                }
+                Ok(n) => {
+                    let now = crate::timefmt::now();
+                    let log = &mut self.log;
+                    let stream = out.stream;
+                    out.split.push(&buf[..n], |c| write_log(log, stream, c, &now));
+                    if n < buf.len() {
+                        return;
+                    }
+                }
+                Err(Errno::EINTR) => continue,
+                Err(_) => return, // EAGAIN: drained
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+                    self.clients.push(Client {
+                        stream,
+                        buf: Vec::new(),
+                        waiting: false,
+                        closed: false,
+                    });
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn read_client(&mut self, i: usize) {
+        let mut buf = [0u8; 4096];
+        let n = match self.clients[i].stream.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                self.clients[i].closed = true;
+                return;
+            }
+            Ok(n) => n,
+        };
+        self.clients[i].buf.extend_from_slice(&buf[..n]);
+        while let Some(pos) = self.clients[i].buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.clients[i].buf.drain(..=pos).collect();
+            let response = match serde_json::from_slice::<Request>(&line) {
+                Ok(req) => self.handle(i, req),
+                Err(e) => Some(Response::Error {
+                    message: format!("bad request: {e}"),
+                }),
+            };
+            if let Some(r) = response {
+                self.respond(i, &r);
+            }
+        }
+        if self.clients[i].buf.len() > 64 * 1024 {
+            self.clients[i].closed = true;
+        }
+    }
+
+    fn respond(&mut self, i: usize, r: &Response) {
+        let mut line = serde_json::to_vec(r).unwrap_or_default();
+        line.push(b'\n');
+        if self.clients[i].stream.write_all(&line).is_err() {
+            self.clients[i].closed = true;
+        }
+    }
+
+    fn status_text(&self) -> String {
+        if self.exit_status.is_some() {
+            "stopped".into()
+        } else {
+            self.container.status().to_string()
+        }
+    }
+
+    fn handle(&mut self, client: usize, req: Request) -> Option<Response> {
+        let err = |message: String| Some(Response::Error { message });
+        match req {
+            Request::Start => {
+                if self.exit_status.is_some() {
+                    return err("container has exited".into());
+                }
+                match self.container.start() {
+                    Ok(()) => Some(Response::Ok),
+                    Err(e) => err(e.to_string()),
+                }
+            }
+            Request::State => Some(Response::State(ShimState {
+                id: self.id.clone(),
+                pid: self.container.pid().as_raw(),
+                status: self.status_text(),
+                exit: self.record.clone(),
+            })),
+            Request::Kill { signal } => {
+                let Ok(sig) = Signal::try_from(signal) else {
+                    return err(format!("invalid signal {signal}"));
+                };
+                if self.exit_status.is_some() {
+                    return err(format!("container {} is stopped", self.id));
+                }
+                match nix::sys::signal::kill(self.container.pid(), sig) {
+                    Ok(()) => Some(Response::Ok),
+                    Err(e) => err(format!("kill: {e}")),
+                }
+            }
+            Request::Wait => match &self.record {
+                Some(r) => Some(Response::Exit(r.clone())),
+                None => {
+                    self.clients[client].waiting = true;
+                    None
+                }
+            },
+            Request::Resize { rows, cols } => match &self.tty_master {
+                Some(m) => {
+                    let ws = libc::winsize {
+                        ws_row: rows,
+                        ws_col: cols,
+                        ws_xpixel: 0,
+                        ws_ypixel: 0,
+                    };
+                    // SAFETY: TIOCSWINSZ reads one winsize struct that lives across the call.
+                    let rc = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+                    match Errno::result(rc) {
+                        Ok(_) => Some(Response::Ok),
+                        Err(e) => err(format!("resize: {e}")),
+                    }
+                }
+                None => err("container has no tty".into()),
+            },
+            Request::Stats => match self.container.cgroup().stats() {
+                Ok(s) => Some(Response::Stats(s)),
+                Err(e) => err(e.to_string()),
+            },
+            Request::Pause => match self.container.pause() {
+                Ok(()) => Some(Response::Ok),
+                Err(e) => err(e.to_string()),
+            },
+            Request::Resume => match self.container.resume() {
+                Ok(()) => Some(Response::Ok),
+                Err(e) => err(e.to_string()),
+            },
+            Request::Shutdown { force } => {
+                if self.exit_status.is_none() {
+                    if !force {
+                        return err(format!("container {} is running", self.id));
+                    }
+                    let _ = self.container.resume();
+                    let _ = nix::sys::signal::kill(self.container.pid(), Signal::SIGKILL);
+                }
+                self.shutdown = Some(true);
+                Some(Response::Ok)
+            }
+        }
+    }
+
+    fn maybe_finalize(&mut self) {
+        let Some(status) = self.exit_status else {
+            return;
+        };
+        if self.record.is_some() {
+            return;
+        }
+        let drained = self.outputs.is_empty();
+        let late = self.exited_at.is_some_and(|t| t.elapsed() > DRAIN_GRACE);
+        if !drained && !late {
+            return;
+        }
+        let now = crate::timefmt::now();
+        for mut out in self.outputs.drain(..) {
+            let log = &mut self.log;
+            out.split.flush(|c| write_log(log, out.stream, c, &now));
+        }
+        self.log = None;
+        let cgroup = self.container.cgroup();
+        let oom_killed = cgroup.oom_kill_count().unwrap_or(0) > 0;
+        let (exit_code, signal) = match status {
+            WaitStatus::Exited(_, code) => (code, None),
+            WaitStatus::Signaled(_, sig, _) => (128 + sig as i32, Some(sig as i32)),
+            _ => (255, None),
+        };
+        let record = ExitRecord {
+            exit_code,
+            signal,
+            oom_killed,
+            finished_at: now,
+            pid: self.container.pid().as_raw(),
+        };
+        if let Err(e) = write_exit(&self.state_root.join(&self.id), &record) {
+            tracing::warn!(error = %e, "writing exit.json");
+        }
+        // The exit is on disk: the cgroup has nothing left to tell.
+        if let Err(e) = cgroup.remove() {
+            tracing::warn!(error = %e, "removing cgroup");
+        }
+        self.record = Some(record.clone());
+        self.finalized_at = Some(Instant::now());
+        tracing::info!(id = %self.id, exit_code, oom_killed, "container exited");
+        for i in 0..self.clients.len() {
+            if self.clients[i].waiting {
+                self.clients[i].waiting = false;
+                self.respond(i, &Response::Exit(record.clone()));
+            }
+        }
+    }
+
+    fn maybe_exit(&mut self) -> Option<i32> {
+        self.record.as_ref()?;
+        let timed_out = self
+            .finalized_at
+            .is_some_and(|t| t.elapsed() >= self.exit_timeout);
+        if self.shutdown.is_none() && !timed_out {
+            return None;
+        }
+        let full = self.shutdown.is_some();
+        if self.container.record().rootfs_mounted
+            && let Err(e) = container::unmount_overlay_rootfs(&self.container.record().rootfs)
+        {
+            tracing::warn!(error = %e, "unmounting rootfs");
+        }
+        let state_dir = self.state_root.join(&self.id);
+        if full {
+            let _ = std::fs::remove_dir_all(&state_dir);
+        } else {
+            // exit.json stays for a daemon that comes back later.
+            let _ = std::fs::remove_file(state_dir.join("exec.fifo"));
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        Some(0)
+    }
+}
+
+fn write_log(log: &mut Option<LogWriter>, stream: &str, chunk: &[u8], time: &str) {
+    if let Some(l) = log
+        && let Err(e) = l.write(stream, chunk, time)
+    {
+        tracing::warn!(error = %e, "writing container log");
+    }
+}
+
+fn write_exit(dir: &Path, record: &ExitRecord) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join("exit.json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec(record).map_err(std::io::Error::other)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join("exit.json"))
+}
