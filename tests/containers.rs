@@ -242,3 +242,58 @@ fn images_save_load_round_trip_and_bad_input() {
         .clone();
     assert!(!line.is_empty() && !line.contains("panicked"), "{line}");
 }
+
+#[test]
+fn bridge_network_publishes_ports_inside_a_private_host() {
+    if !can_run_containers() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The daemon's bridge, NAT and port rules live in a namespace of the test's own.
+    let host = shoal_testkit::TestNetns::create("shoal-e2e-bridge");
+    let daemon = Daemon::start_in_netns(dir.path(), &host, &[]);
+    let tar = dir.path().join("rootfs.tar");
+    shoal_testkit::images::write_busybox_rootfs_tar(&tar);
+    daemon
+        .cli(&["image", "import", "-c", "CMD [\"sh\"]", tar.to_str().unwrap(), "busybox:test"])
+        .ok();
+    daemon
+        .cli(&[
+            "run",
+            "-d",
+            "--name",
+            "echo",
+            "-p",
+            "8080:80",
+            "busybox:test",
+            "sh",
+            "-c",
+            "while true; do echo pong | nc -l -p 80; done",
+        ])
+        .ok();
+    let inspect: serde_json::Value =
+        serde_json::from_str(daemon.cli(&["inspect", "echo"]).ok()).unwrap();
+    let ip = inspect[0]["NetworkSettings"]["IPAddress"].as_str().unwrap().to_owned();
+    assert!(ip.starts_with("172.30."), "{inspect}");
+    let port = daemon.cli(&["port", "echo"]).ok().to_owned();
+    assert!(port.contains("80/tcp -> 0.0.0.0:8080"), "{port}");
+
+    // Through the published port on the host's loopback, and straight to the container.
+    let mut answered = false;
+    for _ in 0..50 {
+        let out = host.exec(&["/bin/busybox", "nc", "-w", "2", "127.0.0.1", "8080"]);
+        if out.stdout.contains("pong") {
+            answered = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(answered, "no answer through 127.0.0.1:8080");
+    let out = host.exec(&["/bin/busybox", "nc", "-w", "2", &ip, "80"]);
+    assert!(out.stdout.contains("pong"), "{out:?}");
+
+    // Removal takes the container's address and port rule with it.
+    daemon.cli(&["rm", "-f", "echo"]).ok();
+    let rules = host.exec(&["nft", "list", "ruleset"]).stdout;
+    assert!(!rules.contains("8080"), "{rules}");
+}

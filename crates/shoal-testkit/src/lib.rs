@@ -36,6 +36,56 @@ pub struct Daemon {
     dir: PathBuf,
     child: Option<Child>,
     extra_args: Vec<String>,
+    netns: Option<String>,
+}
+
+/// A network namespace the test made (loopback up), deleted on drop: a host of its own, so
+/// that nothing a test does reaches the machine's real network.
+pub struct TestNetns {
+    name: String,
+}
+
+impl TestNetns {
+    pub fn create(prefix: &str) -> TestNetns {
+        let name = format!("{prefix}-{}-{}", std::process::id(), rand_suffix());
+        let status = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("run ip netns add");
+        assert!(status.success(), "ip netns add {name} failed");
+        let netns = TestNetns { name };
+        netns.exec(&["ip", "link", "set", "lo", "up"]);
+        netns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs a command inside the namespace and returns its output.
+    pub fn exec(&self, args: &[&str]) -> CliOutput {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .expect("run ip netns exec")
+            .into()
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+fn rand_suffix() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    nanos % 100_000
 }
 
 /// What a CLI invocation gave back.
@@ -101,6 +151,20 @@ impl Daemon {
             dir: dir.to_owned(),
             child: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            netns: None,
+        };
+        daemon.launch();
+        daemon
+    }
+
+    /// Like [`Daemon::start_in`], with the daemon running inside `netns`.
+    pub fn start_in_netns(dir: &Path, netns: &TestNetns, extra_args: &[&str]) -> Daemon {
+        std::fs::create_dir_all(dir).expect("create daemon directory");
+        let mut daemon = Daemon {
+            dir: dir.to_owned(),
+            child: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            netns: Some(netns.name().to_owned()),
         };
         daemon.launch();
         daemon
@@ -133,7 +197,18 @@ impl Daemon {
 
     /// The command that starts this daemon, for tests that expect it to refuse to start.
     pub fn daemon_command(&self) -> Command {
-        let mut command = Command::new(shoal_binary());
+        let mut command = match &self.netns {
+            // Not `ip netns exec`: it also remounts /sys, hiding the cgroup hierarchies.
+            Some(netns) => {
+                let mut command = Command::new("nsenter");
+                command
+                    .arg(format!("--net=/run/netns/{netns}"))
+                    .arg("--")
+                    .arg(shoal_binary());
+                command
+            }
+            None => Command::new(shoal_binary()),
+        };
         command
             .arg("daemon")
             .arg("--data-root")
