@@ -255,7 +255,14 @@ fn bridge_network_publishes_ports_inside_a_private_host() {
     let tar = dir.path().join("rootfs.tar");
     shoal_testkit::images::write_busybox_rootfs_tar(&tar);
     daemon
-        .cli(&["image", "import", "-c", "CMD [\"sh\"]", tar.to_str().unwrap(), "busybox:test"])
+        .cli(&[
+            "image",
+            "import",
+            "-c",
+            "CMD [\"sh\"]",
+            tar.to_str().unwrap(),
+            "busybox:test",
+        ])
         .ok();
     daemon
         .cli(&[
@@ -273,7 +280,10 @@ fn bridge_network_publishes_ports_inside_a_private_host() {
         .ok();
     let inspect: serde_json::Value =
         serde_json::from_str(daemon.cli(&["inspect", "echo"]).ok()).unwrap();
-    let ip = inspect[0]["NetworkSettings"]["IPAddress"].as_str().unwrap().to_owned();
+    let ip = inspect[0]["NetworkSettings"]["IPAddress"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(ip.starts_with("172.30."), "{inspect}");
     let port = daemon.cli(&["port", "echo"]).ok().to_owned();
     assert!(port.contains("80/tcp -> 0.0.0.0:8080"), "{port}");

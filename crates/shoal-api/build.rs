@@ -5,8 +5,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // is reused from another checkout.
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
     let root = std::path::Path::new(&manifest_dir).join("../../proto");
-    let files = ["objects", "store", "control", "swarm", "raft", "containers", "images"]
-        .map(|name| root.join(format!("shoal/v1/{name}.proto")));
+    let files = [
+        "objects",
+        "store",
+        "control",
+        "swarm",
+        "raft",
+        "containers",
+        "images",
+    ]
+    .map(|name| root.join(format!("shoal/v1/{name}.proto")));
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
     }

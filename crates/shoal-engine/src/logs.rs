@@ -40,7 +40,7 @@ fn files(live: &Path) -> Vec<PathBuf> {
             }
         }
     }
-    rotated.sort_by(|a, b| b.0.cmp(&a.0));
+    rotated.sort_by_key(|entry| std::cmp::Reverse(entry.0));
     let mut all: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
     all.push(live.to_owned());
     all

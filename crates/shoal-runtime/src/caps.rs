@@ -160,7 +160,7 @@ struct CapData {
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// Installs the effective, permitted and inheritable sets of the calling thread, then raises the
-/// ambient ones (which must already be permitted and inheritable).
+/// ambient ones (those not also permitted and inheritable are skipped).
 pub fn apply(sets: &CapSets) -> Result<(), Errno> {
     let header = CapHeader {
         version: LINUX_CAPABILITY_VERSION_3,
@@ -213,7 +213,11 @@ pub fn apply(sets: &CapSets) -> Result<(), Errno> {
                 0,
             )
         };
-        Errno::result(rc)?;
+        // Like runc: an ambient capability that is not also inheritable (a common spec mistake)
+        // cannot be raised; that is not worth failing the container for.
+        if let Err(e) = Errno::result(rc) {
+            tracing::warn!(cap, error = %e, "cannot raise ambient capability");
+        }
     }
     Ok(())
 }

@@ -35,7 +35,11 @@ const NAMESPACES: &[(&str, CloneFlags)] = &[
 ];
 
 /// The container's own process with `args` in place of its command (Docker's exec defaults).
-pub fn process_for(container: &Container, args: Vec<String>, tty: bool) -> Result<Process, ContainerError> {
+pub fn process_for(
+    container: &Container,
+    args: Vec<String>,
+    tty: bool,
+) -> Result<Process, ContainerError> {
     let spec = Spec::load(container.bundle().join("config.json"))?;
     let mut p = spec
         .process()
@@ -77,7 +81,8 @@ pub fn exec(container: &Container, process: &Process, stdio: Stdio) -> Result<Pi
         if same {
             continue;
         }
-        let f = File::open(&theirs).map_err(|e| ContainerError::io("open", Path::new(&theirs), e))?;
+        let f =
+            File::open(&theirs).map_err(|e| ContainerError::io("open", Path::new(&theirs), e))?;
         join.push((*flag, f.into()));
     }
 
@@ -128,7 +133,11 @@ pub fn exec(container: &Container, process: &Process, stdio: Stdio) -> Result<Pi
         Err(_) => {
             let mut msg = String::new();
             let _ = report.read_to_string(&mut msg);
-            let msg = msg.trim().strip_prefix("error ").unwrap_or(msg.trim()).to_string();
+            let msg = msg
+                .trim()
+                .strip_prefix("error ")
+                .unwrap_or(msg.trim())
+                .to_string();
             return Err(ContainerError::Init(if msg.is_empty() {
                 "exec: the intermediate process failed".into()
             } else {
@@ -209,7 +218,10 @@ fn exec_child(plan: &ExecPlan<'_>) -> isize {
         Ok(Err(e)) => e.to_string(),
         Err(_) => "exec panicked".to_string(),
     };
-    init::report(plan.report, &format!("error {}\n", message.replace('\n', " ")));
+    init::report(
+        plan.report,
+        &format!("error {}\n", message.replace('\n', " ")),
+    );
     // SAFETY: see container::init::child_main.
     unsafe { libc::_exit(1) }
 }

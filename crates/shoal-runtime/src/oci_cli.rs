@@ -257,13 +257,7 @@ fn exec_cmd(root: &Path, e: &ExecArgs) -> Result<i32, CliError> {
         return Ok(exec::exit_code(waitpid(pid, None)?));
     }
     let pty = nix::pty::openpty(None, None)?;
-    let pid = exec::exec(
-        &container,
-        &process,
-        Stdio::Tty {
-            slave: pty.slave,
-        },
-    )?;
+    let pid = exec::exec(&container, &process, Stdio::Tty { slave: pty.slave })?;
     relay_pty(&pty.master);
     Ok(exec::exit_code(waitpid(pid, None)?))
 }
@@ -320,7 +314,17 @@ mod tests {
 
     #[test]
     fn parses_runc_style_command_lines() {
-        let c = Cli::parse_from(["x", "--root", "/r", "create", "--bundle", "/b", "--pid-file", "/p", "c1"]);
+        let c = Cli::parse_from([
+            "x",
+            "--root",
+            "/r",
+            "create",
+            "--bundle",
+            "/b",
+            "--pid-file",
+            "/p",
+            "c1",
+        ]);
         assert_eq!(c.rt.root, PathBuf::from("/r"));
         match c.rt.command {
             RuntimeCommand::Create(a) => {
@@ -332,7 +336,9 @@ mod tests {
         let c = Cli::parse_from(["x", "kill", "c1", "KILL"]);
         assert_eq!(c.rt.root, PathBuf::from(DEFAULT_ROOT));
         match c.rt.command {
-            RuntimeCommand::Kill(k) => assert_eq!(parse_signal(&k.signal).unwrap(), Signal::SIGKILL),
+            RuntimeCommand::Kill(k) => {
+                assert_eq!(parse_signal(&k.signal).unwrap(), Signal::SIGKILL)
+            }
             other => panic!("{other:?}"),
         }
         let c = Cli::parse_from(["x", "exec", "-t", "c1", "sh", "-c", "echo hi"]);

@@ -303,7 +303,12 @@ pub fn build_spec(id: &str, config: &ContainerConfig, rootfs: &Path) -> Result<S
                 .unwrap_or_else(|| PathBuf::from(format!("/shoal/{id}"))),
         )
         .masked_paths(masked)
-        .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .readonly_paths(
+            READONLY_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
         .sysctl(
             config
                 .sysctls
@@ -481,6 +486,9 @@ fn dev_rule(
 }
 
 /// Docker's device cgroup rules plus the nodes runc always allows (`AllowedDevices`).
+///
+/// Docker's trailing "deny c 10:229" (fuse) is left out: after "deny all" it changes nothing, and
+/// runc's v1 device emulator rejects a deny that would punch a hole in the `c *:* m` wildcard.
 pub fn default_device_rules() -> Vec<LinuxDeviceCgroup> {
     use LinuxDeviceType::{A, B, C};
     vec![
@@ -488,16 +496,15 @@ pub fn default_device_rules() -> Vec<LinuxDeviceCgroup> {
         // mknod of anything is allowed; using the node is what the rules below gate.
         dev_rule(true, C, None, None, "m"),
         dev_rule(true, B, None, None, "m"),
-        dev_rule(true, C, Some(1), Some(3), "rwm"),  // null
-        dev_rule(true, C, Some(1), Some(5), "rwm"),  // zero
-        dev_rule(true, C, Some(1), Some(7), "rwm"),  // full
-        dev_rule(true, C, Some(1), Some(8), "rwm"),  // random
-        dev_rule(true, C, Some(1), Some(9), "rwm"),  // urandom
-        dev_rule(true, C, Some(5), Some(0), "rwm"),  // tty
-        dev_rule(true, C, Some(5), Some(1), "rwm"),  // console
-        dev_rule(true, C, Some(5), Some(2), "rwm"),  // ptmx
-        dev_rule(true, C, Some(136), None, "rwm"),   // pts
-        dev_rule(false, C, Some(10), Some(229), "rwm"), // fuse
+        dev_rule(true, C, Some(1), Some(3), "rwm"), // null
+        dev_rule(true, C, Some(1), Some(5), "rwm"), // zero
+        dev_rule(true, C, Some(1), Some(7), "rwm"), // full
+        dev_rule(true, C, Some(1), Some(8), "rwm"), // random
+        dev_rule(true, C, Some(1), Some(9), "rwm"), // urandom
+        dev_rule(true, C, Some(5), Some(0), "rwm"), // tty
+        dev_rule(true, C, Some(5), Some(1), "rwm"), // console
+        dev_rule(true, C, Some(5), Some(2), "rwm"), // ptmx
+        dev_rule(true, C, Some(136), None, "rwm"),  // pts
     ]
 }
 
@@ -533,14 +540,24 @@ fn mounts(config: &ContainerConfig) -> Result<Vec<Mount>, SpecError> {
                 "gid=5",
             ],
         )?,
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
         mount(
             "/sys/fs/cgroup",
             "cgroup",
             "cgroup",
             &["ro", "nosuid", "noexec", "nodev"],
         )?,
-        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
         mount(
             "/dev/shm",
             "tmpfs",
@@ -674,7 +691,8 @@ pub fn resolve_user(rootfs: &Path, user: Option<&str>) -> Result<ResolvedUser, S
         (
             0,
             root.map(|e| e.gid).unwrap_or(0),
-            root.map(|e| e.home.clone()).unwrap_or_else(|| "/root".into()),
+            root.map(|e| e.home.clone())
+                .unwrap_or_else(|| "/root".into()),
             root.map(|e| e.name.clone()),
         )
     } else if let Ok(uid) = u32::from_str(u) {
@@ -834,12 +852,26 @@ mod tests {
             .iter()
             .map(|m| m.destination().display().to_string())
             .collect();
-        for d in ["/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/sys/fs/cgroup"] {
+        for d in [
+            "/proc",
+            "/dev",
+            "/dev/pts",
+            "/dev/shm",
+            "/dev/mqueue",
+            "/sys",
+            "/sys/fs/cgroup",
+        ] {
             assert!(dests.contains(&d.to_string()), "missing {d}");
         }
         // Serialises as a runc-compatible config.json.
         let json = serde_json::to_value(&spec).unwrap();
-        assert_eq!(json["process"]["capabilities"]["bounding"].as_array().unwrap().len(), 14);
+        assert_eq!(
+            json["process"]["capabilities"]["bounding"]
+                .as_array()
+                .unwrap()
+                .len(),
+            14
+        );
     }
 
     #[test]
@@ -868,7 +900,13 @@ mod tests {
                 .any(|n| n.typ() == LinuxNamespaceType::Network)
         );
         let p = spec.process().as_ref().unwrap();
-        let eff = p.capabilities().as_ref().unwrap().effective().clone().unwrap();
+        let eff = p
+            .capabilities()
+            .as_ref()
+            .unwrap()
+            .effective()
+            .clone()
+            .unwrap();
         assert!(eff.contains(&Capability::NetAdmin));
         assert!(!eff.contains(&Capability::Mknod));
         assert_eq!(

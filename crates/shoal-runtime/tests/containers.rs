@@ -35,7 +35,9 @@ fn cgroup_dir(controller: &str, rel: &str) -> PathBuf {
         .find_map(|l| {
             let mut p = l.splitn(3, ':');
             let (_, c, path) = (p.next()?, p.next()?, p.next()?);
-            c.split(',').any(|x| x == controller).then(|| path.to_string())
+            c.split(',')
+                .any(|x| x == controller)
+                .then(|| path.to_string())
         })
         .unwrap_or_else(|| "/".into());
     Path::new("/sys/fs/cgroup")
@@ -77,7 +79,10 @@ fn missing_executable_is_a_clear_create_error() {
         "exec: \"nosuch\": executable file not found in $PATH"
     );
     let err = env.spawn("nosuch2", config(&["/bin/nosuch"])).unwrap_err();
-    assert_eq!(err.to_string(), "exec \"/bin/nosuch\": no such file or directory");
+    assert_eq!(
+        err.to_string(),
+        "exec \"/bin/nosuch\": no such file or directory"
+    );
     // Nothing left behind by the failed create.
     assert!(!env.state_root.join("nosuch").exists());
     assert!(!cgroup_dir("memory", "shoal-test-nosuch").exists());
@@ -111,7 +116,9 @@ fn hostname_pid1_proc_and_readonly_sys() {
     assert_eq!(lines[5].trim(), "0", "/proc/kcore is masked");
     assert_eq!(lines[6].trim(), "0", "/sys/firmware is masked");
     assert_eq!(lines[7], "sysrq-ro");
-    for dev in ["null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "mqueue"] {
+    for dev in [
+        "null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "mqueue",
+    ] {
         assert!(lines.contains(&dev), "missing /dev/{dev} in {out}");
     }
     assert!(lines.contains(&"pts/ptmx"));
@@ -124,7 +131,12 @@ fn docker_default_capabilities() {
     let env = Env::new();
     let (exit, log) = env.run(
         "caps",
-        config(&["grep", "-E", "^Cap(Eff|Bnd|Prm|Inh)|NoNewPrivs", "/proc/self/status"]),
+        config(&[
+            "grep",
+            "-E",
+            "^Cap(Eff|Bnd|Prm|Inh)|NoNewPrivs",
+            "/proc/self/status",
+        ]),
     );
     assert_eq!(exit.exit_code, 0);
     let out = stdout_of(&log);
@@ -175,11 +187,15 @@ fn memory_and_pids_limits() {
     let mut r = env.spawn("limits", c).unwrap();
     let cpu_dir = cgroup_dir("cpu", "shoal-test-limits");
     assert_eq!(
-        std::fs::read_to_string(cpu_dir.join("cpu.cfs_quota_us")).unwrap().trim(),
+        std::fs::read_to_string(cpu_dir.join("cpu.cfs_quota_us"))
+            .unwrap()
+            .trim(),
         "50000"
     );
     assert_eq!(
-        std::fs::read_to_string(cpu_dir.join("cpu.shares")).unwrap().trim(),
+        std::fs::read_to_string(cpu_dir.join("cpu.shares"))
+            .unwrap()
+            .trim(),
         "512"
     );
     r.client().start().unwrap();
@@ -237,7 +253,10 @@ fn stop_escalates_to_sigkill_after_grace() {
     r.client().start().unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
-    let exit = r.client().stop(libc::SIGTERM, Duration::from_secs(1)).unwrap();
+    let exit = r
+        .client()
+        .stop(libc::SIGTERM, Duration::from_secs(1))
+        .unwrap();
     let took = t.elapsed();
     assert_eq!(exit.exit_code, 137);
     assert!(took >= Duration::from_millis(900), "{took:?}");
@@ -247,13 +266,20 @@ fn stop_escalates_to_sigkill_after_grace() {
     let mut r2 = env
         .spawn(
             "stop2",
-            config(&["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]),
+            config(&[
+                "sh",
+                "-c",
+                "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+            ]),
         )
         .unwrap();
     r2.client().start().unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
-    let exit = r2.client().stop(libc::SIGTERM, Duration::from_secs(10)).unwrap();
+    let exit = r2
+        .client()
+        .stop(libc::SIGTERM, Duration::from_secs(10))
+        .unwrap();
     assert_eq!(exit.exit_code, 0);
     assert!(t.elapsed() < Duration::from_secs(2));
     r.shutdown();
@@ -338,7 +364,10 @@ fn mounts_bind_readonly_and_tmpfs() {
     let out = stdout_of(&log);
     assert_eq!(exit.exit_code, 0, "{out}{}", stderr_of(&log));
     assert!(out.starts_with("from-host\nro-ok\nt\n"), "{out}");
-    assert_eq!(std::fs::read_to_string(vol.join("out.txt")).unwrap(), "out\n");
+    assert_eq!(
+        std::fs::read_to_string(vol.join("out.txt")).unwrap(),
+        "out\n"
+    );
 }
 
 #[test]
@@ -361,7 +390,11 @@ fn log_rotation_by_size() {
     r.client().wait().unwrap();
     r.shutdown();
     let log = env.log_path("rotate");
-    for p in [log.clone(), PathBuf::from(format!("{}.1", log.display())), PathBuf::from(format!("{}.2", log.display()))] {
+    for p in [
+        log.clone(),
+        PathBuf::from(format!("{}.1", log.display())),
+        PathBuf::from(format!("{}.2", log.display())),
+    ] {
         let len = std::fs::metadata(&p).unwrap().len();
         assert!(len > 0 && len <= 4000, "{} is {len} bytes", p.display());
     }
@@ -379,7 +412,12 @@ fn long_lines_are_split_at_16k() {
         config(&["sh", "-c", "head -c 40000 /dev/zero | tr '\\0' a; echo"]),
     );
     let chunks: Vec<&String> = log.iter().map(|(_, l)| l).collect();
-    assert_eq!(chunks.len(), 3, "{:?}", chunks.iter().map(|c| c.len()).collect::<Vec<_>>());
+    assert_eq!(
+        chunks.len(),
+        3,
+        "{:?}",
+        chunks.iter().map(|c| c.len()).collect::<Vec<_>>()
+    );
     assert_eq!(chunks[0].len(), 16 * 1024);
     assert!(!chunks[0].ends_with('\n'));
     assert!(chunks[2].ends_with('\n'));
@@ -389,7 +427,11 @@ fn long_lines_are_split_at_16k() {
 fn tty_container() {
     require_root!();
     let env = Env::new();
-    let mut c = config(&["sh", "-c", "tty; test -t 0 && echo is-a-tty; stty size 2>/dev/null; echo $TERM"]);
+    let mut c = config(&[
+        "sh",
+        "-c",
+        "tty; test -t 0 && echo is-a-tty; stty size 2>/dev/null; echo $TERM",
+    ]);
     c.tty = true;
     let mut r = env.spawn("tty", c).unwrap();
     r.client().resize(24, 100).unwrap();
@@ -398,7 +440,10 @@ fn tty_container() {
     r.shutdown();
     let out = stdout_of(&read_log(&env.log_path("tty")));
     assert_eq!(exit.exit_code, 0, "{out}");
-    assert!(out.contains("/dev/console") || out.contains("/dev/pts/"), "{out}");
+    assert!(
+        out.contains("/dev/console") || out.contains("/dev/pts/"),
+        "{out}"
+    );
     assert!(out.contains("is-a-tty\r\n"), "{out}");
     assert!(out.contains("xterm"), "{out}");
 }
@@ -424,7 +469,11 @@ fn exec_joins_the_running_container() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], "execbox");
     assert_eq!(lines[1].trim(), "sleep 100", "same pid namespace");
@@ -434,7 +483,15 @@ fn exec_joins_the_running_container() {
     let code = Command::new(support::CLI)
         .arg("--root")
         .arg(&env.state_root)
-        .args(["exec", "-u", "65534:65534", "exec", "sh", "-c", "id -u; exit 5"])
+        .args([
+            "exec",
+            "-u",
+            "65534:65534",
+            "exec",
+            "sh",
+            "-c",
+            "id -u; exit 5",
+        ])
         .output()
         .unwrap();
     assert_eq!(code.status.code(), Some(5));
@@ -443,7 +500,14 @@ fn exec_joins_the_running_container() {
     let tty = Command::new(support::CLI)
         .arg("--root")
         .arg(&env.state_root)
-        .args(["exec", "-t", "exec", "sh", "-c", "test -t 1 && echo tty-yes"])
+        .args([
+            "exec",
+            "-t",
+            "exec",
+            "sh",
+            "-c",
+            "test -t 1 && echo tty-yes",
+        ])
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
@@ -551,7 +615,9 @@ fn stats_pause_resume() {
     assert_eq!(s.memory_limit_bytes, Some(64 << 20));
     assert!(s.pids_current >= 1);
     r.client().pause().unwrap();
-    let frozen = std::fs::read_to_string(cgroup_dir("freezer", "shoal-test-stats").join("freezer.state")).unwrap();
+    let frozen =
+        std::fs::read_to_string(cgroup_dir("freezer", "shoal-test-stats").join("freezer.state"))
+            .unwrap();
     assert_eq!(frozen.trim(), "FROZEN");
     r.client().resume().unwrap();
     r.shutdown();
@@ -588,7 +654,11 @@ fn oci_command_line_lifecycle() {
         .stderr(std::fs::File::create(&create_err).unwrap())
         .status()
         .unwrap();
-    assert!(status.success(), "{}", std::fs::read_to_string(&create_err).unwrap());
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&create_err).unwrap()
+    );
     let state = |expect: &str| {
         let out = cli(&["state", "oci"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -602,7 +672,10 @@ fn oci_command_line_lifecycle() {
     );
     assert!(cli(&["start", "oci"]).status.success());
     state("running");
-    assert!(!cli(&["delete", "oci"]).status.success(), "running needs --force");
+    assert!(
+        !cli(&["delete", "oci"]).status.success(),
+        "running needs --force"
+    );
     assert!(cli(&["kill", "oci", "KILL"]).status.success());
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -621,7 +694,12 @@ fn oci_command_line_lifecycle() {
     // `run` creates, starts, waits and deletes, exiting with the container's status.
     let bundle = env.bundle("oci-run", config(&["sh", "-c", "exit 7"]));
     let out = cli(&["run", "--bundle", bundle.to_str().unwrap(), "oci-run"]);
-    assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!root.join("oci-run").exists());
 }
 
@@ -650,7 +728,11 @@ fn overlay_rootfs_and_page_limit() {
     std::fs::create_dir_all(&work).unwrap();
 
     let bdir = env.path().join("bundle-overlay");
-    let mut c = config(&["sh", "-c", "echo new > /created; cat /created; ls /bin/busybox"]);
+    let mut c = config(&[
+        "sh",
+        "-c",
+        "echo new > /created; cat /created; ls /bin/busybox",
+    ]);
     c.cgroups_path = Some("shoal-test-overlay".into());
     let spec = shoal_runtime::build_spec("overlay", &c, &lower).unwrap();
     let overlay = shoal_runtime::OverlayRootfs {
@@ -667,7 +749,10 @@ fn overlay_rootfs_and_page_limit() {
     r.shutdown();
     let out = stdout_of(&read_log(&env.log_path("overlay")));
     assert_eq!(out, "new\n/bin/busybox\n");
-    assert_eq!(std::fs::read_to_string(upper.join("created")).unwrap(), "new\n");
+    assert_eq!(
+        std::fs::read_to_string(upper.join("created")).unwrap(),
+        "new\n"
+    );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mounts.contains(bdir.to_str().unwrap()),
@@ -701,4 +786,36 @@ fn overlay_relative_paths_past_a_page() {
     assert_eq!(seen, 45);
     assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0, "unmounted");
     assert!(!env.path().join(".merged-layers").exists());
+}
+
+#[test]
+fn user_namespace_maps_root() {
+    require_root!();
+    let env = Env::new();
+    // The remapped root owns nothing on the host: it must be able to walk to the rootfs.
+    std::fs::set_permissions(
+        env.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut c = config(&[
+        "sh",
+        "-c",
+        "id -u; cat /proc/self/uid_map; ls /dev/null && echo dev-ok; hostname",
+    ]);
+    c.userns = Some(shoal_runtime::spec::UsernsMapping {
+        host_uid: 100_000,
+        host_gid: 100_000,
+        size: 65_536,
+    });
+    c.hostname = Some("userns".into());
+    let (exit, log) = env.run("userns", c);
+    let out = stdout_of(&log);
+    assert_eq!(exit.exit_code, 0, "{out}{}", stderr_of(&log));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "0");
+    let map: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(map, ["0", "100000", "65536"]);
+    assert!(out.contains("dev-ok"), "{out}");
+    assert!(out.contains("userns"), "{out}");
 }

@@ -277,7 +277,10 @@ pub(crate) fn v1_hierarchies(mountinfo: &str) -> Vec<Hierarchy> {
 }
 
 fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// The calling process's cgroup for hierarchy `key` (`""` is the v2 one).
@@ -368,6 +371,9 @@ mod tests {
         assert_eq!(own_cgroup(own, "memory"), Some(PathBuf::from("/a/b")));
         assert_eq!(own_cgroup(own, "cpuacct,cpu"), Some(PathBuf::from("/")));
         assert_eq!(own_cgroup(own, ""), Some(PathBuf::from("/x")));
-        assert_eq!(flat_keyed("oom_kill_disable 0\noom_kill 3\n", "oom_kill"), Some(3));
+        assert_eq!(
+            flat_keyed("oom_kill_disable 0\noom_kill 3\n", "oom_kill"),
+            Some(3)
+        );
     }
 }

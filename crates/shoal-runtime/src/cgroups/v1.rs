@@ -14,6 +14,22 @@ use super::{
     rmdir_retry, write_procs,
 };
 
+/// Always allowed: mknod of anything (using a node is what the rules gate) and the default nodes
+/// every container gets (runc's `AllowedDevices`).
+const RUNTIME_DEVICES: &[&str] = &[
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+];
+
 /// A container cgroup on v1 hierarchies.
 pub struct V1Manager {
     dirs: BTreeMap<String, PathBuf>,
@@ -35,7 +51,11 @@ impl V1Manager {
 
     fn write(&self, controller: &str, file: &str, value: &str) -> Result<(), CgroupError> {
         let Some(dir) = self.dir(controller) else {
-            tracing::warn!(controller, file, "cgroup v1 controller not mounted, limit ignored");
+            tracing::warn!(
+                controller,
+                file,
+                "cgroup v1 controller not mounted, limit ignored"
+            );
             return Ok(());
         };
         let path = dir.join(file);
@@ -92,7 +112,10 @@ impl V1Manager {
     }
 
     fn device_rule(rule: &LinuxDeviceCgroup) -> String {
-        let typ = rule.typ().map(|t| t.as_str().to_string()).unwrap_or("a".into());
+        let typ = rule
+            .typ()
+            .map(|t| t.as_str().to_string())
+            .unwrap_or("a".into());
         let num = |n: Option<i64>| n.map(|n| n.to_string()).unwrap_or("*".into());
         format!(
             "{typ} {}:{} {}",
@@ -130,10 +153,15 @@ impl CgroupManager for V1Manager {
                 let swap = m.swap();
                 let has_memsw = self.has_file("memory", "memory.memsw.limit_in_bytes");
                 // memsw must stay >= the limit: raise it first when growing, last when shrinking.
-                let write_limit = || self.write("memory", "memory.limit_in_bytes", &limit.to_string());
+                let write_limit =
+                    || self.write("memory", "memory.limit_in_bytes", &limit.to_string());
                 match (swap, has_memsw) {
                     (Some(s), true) => {
-                        let s = if s < 0 { "-1".to_string() } else { s.to_string() };
+                        let s = if s < 0 {
+                            "-1".to_string()
+                        } else {
+                            s.to_string()
+                        };
                         if write_limit().is_err() {
                             self.write("memory", "memory.memsw.limit_in_bytes", &s)?;
                             write_limit()?;
@@ -194,6 +222,10 @@ impl CgroupManager for V1Manager {
                     "devices.deny"
                 };
                 self.write("devices", file, &Self::device_rule(d))?;
+            }
+            // The runtime creates these nodes itself, whatever the spec allows (as runc does).
+            for rule in RUNTIME_DEVICES {
+                self.write("devices", "devices.allow", rule)?;
             }
         }
         if let Some(b) = r.block_io()

@@ -31,14 +31,12 @@ impl V2Manager {
 
     fn write(&self, file: &str, value: &str) -> Result<(), CgroupError> {
         let path = self.dir.join(file);
-        self.fs
-            .write(&path, value)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => CgroupError::MissingController(
-                    file.split('.').next().unwrap_or(file).to_string(),
-                ),
-                _ => io_err("write", &path, e),
-            })
+        self.fs.write(&path, value).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                CgroupError::MissingController(file.split('.').next().unwrap_or(file).to_string())
+            }
+            _ => io_err("write", &path, e),
+        })
     }
 
     fn read(&self, file: &str) -> Result<String, CgroupError> {
@@ -314,7 +312,11 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().to_path_buf();
         FakeFs.create_dir_all(&root).unwrap();
-        std::fs::write(root.join("cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
+        std::fs::write(
+            root.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
         std::fs::create_dir_all(root.join("shoal")).unwrap();
         std::fs::write(
             root.join("shoal/cgroup.controllers"),
@@ -339,7 +341,10 @@ mod tests {
         }
         let leaf_sc =
             std::fs::read_to_string(t.path().join("shoal/c1/cgroup.subtree_control")).unwrap();
-        assert!(leaf_sc.is_empty(), "the leaf holds tasks: no subtree_control");
+        assert!(
+            leaf_sc.is_empty(),
+            "the leaf holds tasks: no subtree_control"
+        );
     }
 
     #[test]
@@ -402,23 +407,37 @@ mod tests {
         m.create().unwrap();
         m.add_task(Pid::from_raw(4242)).unwrap();
         let leaf = t.path().join("shoal/c1");
-        assert_eq!(std::fs::read_to_string(leaf.join("cgroup.procs")).unwrap(), "4242");
-        std::fs::write(leaf.join("memory.events"), "low 0\nhigh 0\nmax 3\noom 2\noom_kill 1\n")
-            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(leaf.join("cgroup.procs")).unwrap(),
+            "4242"
+        );
+        std::fs::write(
+            leaf.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 2\noom_kill 1\n",
+        )
+        .unwrap();
         std::fs::write(leaf.join("memory.current"), "123\n").unwrap();
         std::fs::write(leaf.join("pids.current"), "2\n").unwrap();
         std::fs::write(leaf.join("cpu.stat"), "usage_usec 7\nuser_usec 5\n").unwrap();
         assert_eq!(m.oom_kill_count().unwrap(), 1);
         let s = m.stats().unwrap();
         assert_eq!(
-            (s.memory_usage_bytes, s.pids_current, s.cpu_usage_ns, s.oom_kills),
+            (
+                s.memory_usage_bytes,
+                s.pids_current,
+                s.cpu_usage_ns,
+                s.oom_kills
+            ),
             (123, 2, 7000, 1)
         );
         // Freezing waits for cgroup.events to say so: a fake kernel that complies at once.
         std::fs::write(leaf.join("cgroup.freeze"), "").unwrap();
         std::fs::write(leaf.join("cgroup.events"), "populated 0\nfrozen 1\n").unwrap();
         m.freeze(true).unwrap();
-        assert_eq!(std::fs::read_to_string(leaf.join("cgroup.freeze")).unwrap(), "1");
+        assert_eq!(
+            std::fs::read_to_string(leaf.join("cgroup.freeze")).unwrap(),
+            "1"
+        );
         std::fs::write(leaf.join("cgroup.events"), "populated 0\nfrozen 0\n").unwrap();
         m.remove().unwrap();
         assert!(!leaf.exists());
@@ -439,7 +458,10 @@ mod tests {
         m.create().unwrap();
         let mut map = std::collections::HashMap::new();
         map.insert("../../etc/passwd".to_string(), "x".to_string());
-        let res = LinuxResourcesBuilder::default().unified(map).build().unwrap();
+        let res = LinuxResourcesBuilder::default()
+            .unified(map)
+            .build()
+            .unwrap();
         assert!(matches!(m.apply(&res), Err(CgroupError::InvalidPath(_))));
     }
 }

@@ -22,7 +22,7 @@ use nix::sched::{CloneFlags, clone, setns, unshare};
 use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::stat::{Mode, umask};
-use nix::unistd::{Gid, Pid, Uid, dup2_stdin, dup2_stdout, dup2_stderr, sethostname, setsid};
+use nix::unistd::{Gid, Pid, Uid, dup2_stderr, dup2_stdin, dup2_stdout, sethostname, setsid};
 use oci_spec::runtime::{PosixRlimitType, Spec};
 
 use super::rootfs::{self, RootfsPlan};
@@ -112,7 +112,10 @@ fn child_main(plan: &InitPlan<'_>) -> isize {
         Ok(Err(e)) => e.to_string(),
         Err(_) => "container init panicked".to_string(),
     };
-    report(plan.report, &format!("error {}\n", message.replace('\n', " ")));
+    report(
+        plan.report,
+        &format!("error {}\n", message.replace('\n', " ")),
+    );
     // SAFETY: _exit ends the process without running the parent's atexit handlers or
     // destructors, which belong to the parent's copy of this state.
     unsafe { libc::_exit(1) }
@@ -281,7 +284,8 @@ fn rlimit_resource(t: PosixRlimitType) -> Option<Resource> {
 /// fifo so `create` (not a later `start`) reports a missing binary.
 pub(crate) fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf, InitError> {
     let check = |p: &Path| -> Result<(), Errno> {
-        let meta = std::fs::metadata(p).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT)))?;
+        let meta = std::fs::metadata(p)
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT)))?;
         if meta.is_dir() {
             return Err(Errno::EACCES);
         }
@@ -294,7 +298,10 @@ pub(crate) fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf, Ini
         let p = PathBuf::from(arg0);
         return match check(&p) {
             Ok(()) => Ok(p),
-            Err(e) => Err(InitError(format!("exec \"{arg0}\": {}", e.desc().to_lowercase()))),
+            Err(e) => Err(InitError(format!(
+                "exec \"{arg0}\": {}",
+                e.desc().to_lowercase()
+            ))),
         };
     }
     let path = env
@@ -426,7 +433,11 @@ pub(crate) fn finish_process(
 fn wait_start(fifo: RawFd) -> Result<(), InitError> {
     let path = format!("/proc/self/fd/{fifo}");
     let fd = loop {
-        match open(path.as_str(), OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty()) {
+        match open(
+            path.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
             Err(Errno::EINTR) => continue,
             r => break r.step(|| "open exec fifo".into())?,
         }

@@ -100,7 +100,8 @@ pub struct Bundle {
 impl Bundle {
     /// Reads `dir/config.json` (and `dir/shoal-overlay.json` when present).
     pub fn load(dir: &Path) -> Result<Bundle, ContainerError> {
-        let dir = std::fs::canonicalize(dir).map_err(|e| ContainerError::io("open bundle", dir, e))?;
+        let dir =
+            std::fs::canonicalize(dir).map_err(|e| ContainerError::io("open bundle", dir, e))?;
         let config = dir.join("config.json");
         let spec = Spec::load(&config)?;
         let root = spec
@@ -113,13 +114,14 @@ impl Bundle {
             dir.join(root.path())
         };
         let overlay_file = dir.join(OVERLAY_FILE);
-        let overlay = match std::fs::read(&overlay_file) {
-            Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
-                ContainerError::Bundle(format!("{}: {e}", overlay_file.display()))
-            })?),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(ContainerError::io("read", &overlay_file, e)),
-        };
+        let overlay =
+            match std::fs::read(&overlay_file) {
+                Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
+                    ContainerError::Bundle(format!("{}: {e}", overlay_file.display()))
+                })?),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(ContainerError::io("read", &overlay_file, e)),
+            };
         Ok(Bundle {
             dir,
             spec,
@@ -353,6 +355,13 @@ pub fn create(
     let fifo_path = state_dir.join("exec.fifo");
     mkfifo(&fifo_path, Mode::from_bits_truncate(0o622))
         .map_err(|e| ContainerError::sys("mkfifo", e))?;
+    // mkfifo honours the umask; the init may run as any user (or a remapped root) and must be
+    // able to open it for writing.
+    std::fs::set_permissions(
+        &fifo_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o622),
+    )
+    .map_err(|e| ContainerError::io("chmod", &fifo_path, e))?;
     let fifo = open(&fifo_path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(|e| ContainerError::sys("open exec fifo", e))?;
 
@@ -390,11 +399,7 @@ pub fn create(
             }
         }
     }
-    let filters = linux
-        .seccomp()
-        .as_ref()
-        .map(seccomp::compile)
-        .transpose()?;
+    let filters = linux.seccomp().as_ref().map(seccomp::compile).transpose()?;
 
     let (go_r, go_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| ContainerError::sys("pipe", e))?;
     let (rep_r, rep_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| ContainerError::sys("pipe", e))?;
@@ -430,7 +435,6 @@ pub fn create(
     };
     let pid = init::spawn(&plan).map_err(|e| ContainerError::sys("clone", e))?;
     guard.child = Some(pid);
-    drop(plan);
     drop((go_r, rep_w, fifo, join, stdio));
     tracing::debug!(id, pid = pid.as_raw(), "container init cloned");
 
@@ -508,7 +512,8 @@ fn write_id_maps(pid: Pid, spec: &Spec) -> Result<(), ContainerError> {
 
 fn write_record(state_dir: &Path, record: &ContainerRecord) -> Result<(), ContainerError> {
     let tmp = state_dir.join("state.json.tmp");
-    let json = serde_json::to_vec_pretty(record).map_err(|e| ContainerError::Bundle(e.to_string()))?;
+    let json =
+        serde_json::to_vec_pretty(record).map_err(|e| ContainerError::Bundle(e.to_string()))?;
     std::fs::write(&tmp, json).map_err(|e| ContainerError::io("write", &tmp, e))?;
     let dst = state_dir.join("state.json");
     std::fs::rename(&tmp, &dst).map_err(|e| ContainerError::io("rename", &dst, e))
@@ -576,7 +581,9 @@ impl Container {
     fn alive(&self) -> bool {
         match proc_stat(self.pid()) {
             Some((state, start)) => {
-                state != 'Z' && state != 'X' && (self.record.pid_start == 0 || start == self.record.pid_start)
+                state != 'Z'
+                    && state != 'X'
+                    && (self.record.pid_start == 0 || start == self.record.pid_start)
             }
             None => false,
         }
@@ -643,7 +650,8 @@ impl Container {
             }
             if !self.alive() {
                 return Err(ContainerError::Init(
-                    "container init exited before start".into(),
+                    self.init_error()
+                        .unwrap_or_else(|| "container init exited before start".into()),
                 ));
             }
         }
@@ -656,6 +664,14 @@ impl Container {
         }
         tracing::info!(id = %self.record.id, "container started");
         Ok(())
+    }
+
+    /// Why the init died before `execve`, when this process created it and the init said so.
+    /// Call it only once the init has exited (it reads the report pipe to its end).
+    pub fn init_error(&mut self) -> Option<String> {
+        let mut report = self.report.take()?;
+        let line = read_report_line(&mut report).ok().flatten()?;
+        Some(line.strip_prefix("error ").unwrap_or(&line).to_string())
     }
 
     /// Sends `signal` to the init process.

@@ -115,7 +115,10 @@ pub fn mount_overlay_rootfs(
     // directory beside the target. overlayfs resolves them at mount time, so they go right after.
     let links = target.with_file_name(format!(
         ".{}-layers",
-        target.file_name().and_then(|n| n.to_str()).unwrap_or("rootfs")
+        target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("rootfs")
     ));
     let _ = std::fs::remove_dir_all(&links);
     std::fs::create_dir_all(&links).map_err(|e| ContainerError::io("mkdir", &links, e))?;
@@ -134,7 +137,10 @@ pub fn mount_overlay_rootfs(
             linked.len()
         )))
     } else {
-        tracing::debug!(bytes = linked.len(), "overlay options past a page: mounting through short links");
+        tracing::debug!(
+            bytes = linked.len(),
+            "overlay options past a page: mounting through short links"
+        );
         mount_from(links.clone(), target, linked)
     };
     let _ = std::fs::remove_dir_all(&links);

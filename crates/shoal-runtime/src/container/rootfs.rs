@@ -191,7 +191,10 @@ pub(crate) fn prepare(plan: &RootfsPlan<'_>) -> Result<(), InitError> {
 
 fn mount_entry(plan: &RootfsPlan<'_>, m: &Mount) -> Result<(), InitError> {
     let opts = parse_options(m.options().as_deref().unwrap_or_default());
-    let typ = m.typ().as_deref().unwrap_or(if opts.bind { "bind" } else { "none" });
+    let typ = m
+        .typ()
+        .as_deref()
+        .unwrap_or(if opts.bind { "bind" } else { "none" });
     let dest = secure_join(plan.rootfs, m.destination())
         .step(|| format!("resolve mount destination {}", m.destination().display()))?;
     if typ == "cgroup" || typ == "cgroup2" {
@@ -323,23 +326,27 @@ fn mount_cgroup(plan: &RootfsPlan<'_>, dest: &Path, opts: &MountOptions) -> Resu
             bind(dir, dest, &b, Path::new("/sys/fs/cgroup"))
         }
         CgroupPaths::V1(dirs) => {
-            mount(
-                Some("tmpfs"),
-                dest,
-                Some("tmpfs"),
-                flags,
-                Some("mode=755"),
-            )
-            .step(|| "mount tmpfs on /sys/fs/cgroup".into())?;
+            mount(Some("tmpfs"), dest, Some("tmpfs"), flags, Some("mode=755"))
+                .step(|| "mount tmpfs on /sys/fs/cgroup".into())?;
             for (key, host_dir) in dirs {
                 let name = key.strip_prefix("name=").unwrap_or(key);
                 let target = dest.join(name);
                 std::fs::create_dir_all(&target).step(|| format!("mkdir cgroup {name}"))?;
                 let b = MountOptions {
-                    flags: flags | if ro { MsFlags::MS_RDONLY } else { MsFlags::empty() },
+                    flags: flags
+                        | if ro {
+                            MsFlags::MS_RDONLY
+                        } else {
+                            MsFlags::empty()
+                        },
                     ..Default::default()
                 };
-                bind(host_dir, &target, &b, &Path::new("/sys/fs/cgroup").join(name))?;
+                bind(
+                    host_dir,
+                    &target,
+                    &b,
+                    &Path::new("/sys/fs/cgroup").join(name),
+                )?;
                 // Co-mounted controllers (`cpu,cpuacct`) are also reachable by each name.
                 if key.contains(',') {
                     for c in key.split(',') {

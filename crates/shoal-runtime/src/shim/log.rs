@@ -29,10 +29,7 @@ pub struct LogWriter {
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
+    OpenOptions::new().create(true).append(true).open(path)
 }
 
 impl LogWriter {
@@ -171,8 +168,12 @@ mod tests {
         let path = d.path().join("c.log");
         let mut w = LogWriter::open(&path, Some(200), 3).unwrap();
         for i in 0..20 {
-            w.write("stdout", format!("line {i}\n").as_bytes(), "2024-01-01T00:00:00.000000000Z")
-                .unwrap();
+            w.write(
+                "stdout",
+                format!("line {i}\n").as_bytes(),
+                "2024-01-01T00:00:00.000000000Z",
+            )
+            .unwrap();
         }
         let live = std::fs::read_to_string(&path).unwrap();
         let first: serde_json::Value = serde_json::from_str(live.lines().next().unwrap()).unwrap();

@@ -260,7 +260,10 @@ pub fn spawn_shim(opts: &ShimOptions) -> Result<SpawnedShim, ShimError> {
     let (Some("ok"), Some(shim), Some(pid)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(spawn_err(format!("unexpected handshake {line:?}")));
     };
-    let parse = |s: &str| s.parse::<i32>().map_err(|_| spawn_err(format!("bad pid {s:?}")));
+    let parse = |s: &str| {
+        s.parse::<i32>()
+            .map_err(|_| spawn_err(format!("bad pid {s:?}")))
+    };
     Ok(SpawnedShim {
         client: ShimClient::connect(&opts.args.socket)?,
         shim_pid: parse(shim)?,

@@ -116,10 +116,10 @@ impl Env {
     }
 
     pub fn spawn_args(&self, args: ShimArgs) -> Result<Running, ShimError> {
-        let shim = spawn_shim(&ShimOptions {
-            binary: PathBuf::from(SHIM),
-            args,
-        })?;
+        // SHOAL_SHIM_BIN measures another build (say, release) of the same shim.
+        let binary =
+            std::env::var_os("SHOAL_SHIM_BIN").map_or_else(|| PathBuf::from(SHIM), PathBuf::from);
+        let shim = spawn_shim(&ShimOptions { binary, args })?;
         Ok(Running { shim, done: false })
     }
 
@@ -211,7 +211,10 @@ pub fn wait_gone(pid: i32) {
             return;
         }
         if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            && stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z'))
+            && stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|s| s.trim_start().starts_with('Z'))
         {
             return;
         }
