@@ -137,12 +137,8 @@ fn create_start_wait_latency_and_shim_pss() {
             .unwrap_or(0)
     };
     eprintln!(
-        "idle shim ({}): Pss {} kB, Rss {} kB, Pss_Anon {} kB",
-        if cfg!(debug_assertions) {
-            "debug build"
-        } else {
-            "release build"
-        },
+        "idle shim {}: Pss {} kB, Rss {} kB, Pss_Anon {} kB",
+        std::env::var("SHOAL_SHIM_BIN").unwrap_or_else(|_| support::SHIM.to_string()),
         field("Pss:"),
         field("Rss:"),
         field("Pss_Anon:")

@@ -536,11 +536,15 @@ fn shim_survives_daemon_death_and_is_readopted() {
     let mut daemon = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "\"$0\" \"$@\" > {}; sleep 1000",
+            // `exec`, so that killing the stand-in kills the sleep too: an orphaned sleep would
+            // hold the test's output pipe open for its whole life.
+            "\"$0\" \"$@\" > {}; exec sleep 1000",
             handshake.display()
         ))
         .arg(support::SHIM)
         .args(args.to_args())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -544,10 +544,6 @@ impl Shim {
         if let Err(e) = write_exit(&self.state_root.join(&self.id), &record) {
             tracing::warn!(error = %e, "writing exit.json");
         }
-        // The exit is on disk: the cgroup has nothing left to tell.
-        if let Err(e) = cgroup.remove() {
-            tracing::warn!(error = %e, "removing cgroup");
-        }
         self.record = Some(record.clone());
         self.finalized_at = Some(Instant::now());
         tracing::info!(id = %self.id, exit_code, oom_killed, "container exited");
@@ -556,6 +552,10 @@ impl Shim {
                 self.clients[i].waiting = false;
                 self.respond(i, &Response::Exit(record.clone()));
             }
+        }
+        // The exit is on disk and answered: the cgroup has nothing left to tell.
+        if let Err(e) = cgroup.remove() {
+            tracing::warn!(error = %e, "removing cgroup");
         }
     }
 
