@@ -137,6 +137,17 @@ struct Entry {
     attached: Arc<std::sync::atomic::AtomicUsize>,
 }
 
+impl Entry {
+    /// `created`, `running`, `paused`, `exited`, … (empty when never recorded).
+    fn status(&self) -> String {
+        self.info
+            .state
+            .as_ref()
+            .map(|s| s.status.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// Counts an attached client for as long as it lives.
 pub(crate) struct AttachGuard(Arc<std::sync::atomic::AtomicUsize>);
 
@@ -393,12 +404,7 @@ impl Engine {
         let mut table = self.containers.lock().await;
         let id = resolve_in(&table, reference)?;
         let entry = table.get_mut(&id).expect("resolved");
-        let status = entry
-            .info
-            .state
-            .as_ref()
-            .map(|s| s.status.clone())
-            .unwrap_or_default();
+        let status = entry.status();
         if status == "running" || status == "paused" {
             return Ok(entry.info.clone());
         }
@@ -799,12 +805,7 @@ impl Engine {
             .shim
             .clone()
             .ok_or_else(|| EngineError::Conflict(format!("container {id} is not running")))?;
-        let status = entry
-            .info
-            .state
-            .as_ref()
-            .map(|s| s.status.clone())
-            .unwrap_or_default();
+        let status = entry.status();
         if pause && status == "paused" {
             return Err(EngineError::Conflict(format!(
                 "container {id} is already paused"
@@ -837,12 +838,7 @@ impl Engine {
             let mut table = self.containers.lock().await;
             let id = resolve_in(&table, reference)?;
             let entry = table.get_mut(&id).expect("resolved");
-            let status = entry
-                .info
-                .state
-                .as_ref()
-                .map(|s| s.status.clone())
-                .unwrap_or_default();
+            let status = entry.status();
             if (status == "running" || status == "paused") && !force {
                 return Err(EngineError::Conflict(format!(
                     "cannot remove container {}: it is {status}; stop it first or use --force",

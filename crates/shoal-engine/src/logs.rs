@@ -23,6 +23,30 @@ fn to_entry(text: &str) -> Option<LogEntry> {
     })
 }
 
+/// The entries of every complete line `reader` holds, and the bytes they took. A line
+/// without its newline is still being written: it is left for the next read.
+fn complete_lines(mut reader: impl BufRead) -> (Vec<LogEntry>, u64) {
+    let mut entries = Vec::new();
+    let mut consumed = 0u64;
+    let mut text = String::new();
+    loop {
+        text.clear();
+        match reader.read_line(&mut text) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if !text.ends_with('\n') {
+                    break;
+                }
+                consumed += n as u64;
+                if let Some(entry) = to_entry(text.trim_end()) {
+                    entries.push(entry);
+                }
+            }
+        }
+    }
+    (entries, consumed)
+}
+
 /// The log files of `live`, oldest first (`<log>.N` … `<log>.1`, `<log>`).
 fn files(live: &Path) -> Vec<PathBuf> {
     let mut rotated: Vec<(u32, PathBuf)> = Vec::new();
@@ -55,25 +79,8 @@ pub(crate) fn read_existing(live: &Path, tail: i64) -> (Vec<LogEntry>, u64) {
         let Ok(file) = std::fs::File::open(&path) else {
             continue;
         };
-        let mut reader = BufReader::new(file);
-        let mut text = String::new();
-        let mut consumed = 0u64;
-        loop {
-            text.clear();
-            match reader.read_line(&mut text) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    // A line without its newline is still being written: leave it to the follower.
-                    if !text.ends_with('\n') {
-                        break;
-                    }
-                    consumed += n as u64;
-                    if let Some(entry) = to_entry(text.trim_end()) {
-                        entries.push(entry);
-                    }
-                }
-            }
-        }
+        let (found, consumed) = complete_lines(BufReader::new(file));
+        entries.extend(found);
         if path == live {
             offset = consumed;
         }
@@ -95,25 +102,8 @@ pub(crate) fn read_from(live: &Path, offset: u64) -> (Vec<LogEntry>, u64) {
     if file.seek(SeekFrom::Start(start)).is_err() {
         return (Vec::new(), offset);
     }
-    let mut reader = BufReader::new(file);
-    let mut entries = Vec::new();
-    let mut position = start;
-    let mut text = String::new();
-    loop {
-        text.clear();
-        match reader.read_line(&mut text) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if !text.ends_with('\n') {
-                    break;
-                }
-                position += n as u64;
-                if let Some(entry) = to_entry(text.trim_end()) {
-                    entries.push(entry);
-                }
-            }
-        }
-    }
+    let (entries, consumed) = complete_lines(BufReader::new(file));
+    let position = start + consumed;
     (entries, position)
 }
 
