@@ -520,7 +520,7 @@ impl Containers for ContainersApi {
             id,
             name: info.name,
             cpu_usage_nanos: stats.cpu_usage_ns,
-            system_cpu_usage_nanos: 0,
+            system_cpu_usage_nanos: system_cpu_nanos(),
             online_cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             memory_usage_bytes: stats.memory_usage_bytes,
             // Docker shows the host's memory when no limit is set.
@@ -529,6 +529,27 @@ impl Containers for ContainersApi {
             ..Default::default()
         }))
     }
+}
+
+/// Time all CPUs of the host have spent, from the `cpu` line of /proc/stat (the reference
+/// `stats` divides a container's CPU time by, as Docker does).
+fn system_cpu_nanos() -> u64 {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100)
+        .max(1) as u64;
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|text| {
+            text.lines().next().map(|line| {
+                line.split_whitespace()
+                    .skip(1)
+                    .filter_map(|v| v.parse::<u64>().ok())
+                    .sum::<u64>()
+            })
+        })
+        .map_or(0, |total| total * (1_000_000_000 / ticks))
 }
 
 fn host_memory_bytes() -> u64 {

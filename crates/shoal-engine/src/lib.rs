@@ -919,14 +919,21 @@ impl Engine {
 
     /// Chain IDs of layers that containers still use (for image garbage collection).
     pub async fn layers_in_use(&self) -> std::collections::HashSet<String> {
-        let table = self.containers.lock().await;
-        let mut used = std::collections::HashSet::new();
-        for entry in table.values() {
-            if let Ok(image) = self.images.resolve(&entry.info.image_id) {
-                used.extend(image.chain_ids.iter().map(|c| c.to_string()));
-            }
-        }
-        used
+        // Collect under the lock, resolve (blocking store I/O) outside it.
+        let image_ids: std::collections::HashSet<String> = {
+            let table = self.containers.lock().await;
+            table.values().map(|e| e.info.image_id.clone()).collect()
+        };
+        let images = self.images.clone();
+        tokio::task::spawn_blocking(move || {
+            image_ids
+                .iter()
+                .filter_map(|id| images.resolve(id).ok())
+                .flat_map(|image| image.chain_ids.into_iter().map(|c| c.to_string()))
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
     }
 
     pub(crate) fn runtime_root(&self) -> PathBuf {

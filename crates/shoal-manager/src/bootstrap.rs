@@ -61,7 +61,7 @@ pub struct Bootstrap<'a> {
 
 impl Bootstrap<'_> {
     /// The transaction that creates the cluster and the first node.
-    pub fn transaction(&self) -> Result<Transaction, shoal_pki::PkiError> {
+    pub fn transaction(&self) -> Transaction {
         let now = crate::now_timestamp();
         let meta = || Meta {
             version: 0,
@@ -120,9 +120,9 @@ impl Bootstrap<'_> {
             }),
             role: NodeRole::Manager as i32,
         };
-        Ok(Transaction {
+        Transaction {
             actions: vec![create(cluster), create(node)],
-        })
+        }
     }
 }
 

@@ -71,10 +71,7 @@ async fn fixture() -> Fixture {
         node_addr: "127.0.0.1".into(),
         manager_addr: "127.0.0.1:2377".into(),
     };
-    manager
-        .commit(bootstrap.transaction().unwrap())
-        .await
-        .unwrap();
+    manager.commit(bootstrap.transaction()).await.unwrap();
     let slot = ManagerSlot::default();
     slot.set(Some(manager.clone()));
     Fixture {

@@ -14,7 +14,7 @@ use crate::daemon::Daemon;
 use crate::error::io_reason;
 use crate::format::table::Table;
 use crate::format::time::{ago, human_date, rfc3339};
-use crate::format::{JsonFormat, ListFormat, base64, write_json_lines, write_json_pretty};
+use crate::format::{JsonFormat, ListFormat, base64, write_inspected, write_json_lines};
 use crate::parse::{self, FilterTerm, Filters};
 use crate::{CliError, GlobalArgs};
 
@@ -131,17 +131,13 @@ pub(crate) async fn run(
                     Err(err) => errors.push(err),
                 }
             }
-            if args.pretty {
-                for (i, config) in found.iter().enumerate() {
-                    if i > 0 {
-                        writeln!(out)?;
-                    }
-                    write_config_pretty(out, config)?;
-                }
-            } else {
-                let views: Vec<_> = found.iter().map(ConfigView::new).collect();
-                write_json_pretty(out, &views)?;
-            }
+            write_inspected(
+                out,
+                &found,
+                args.pretty,
+                |out, config| write_config_pretty(out, config),
+                ConfigView::new,
+            )?;
             CliError::collect(errors)
         }
         ConfigCommand::Rm(args) => {

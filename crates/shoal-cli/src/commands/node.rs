@@ -12,7 +12,7 @@ use crate::daemon::Daemon;
 use crate::format::table::Table;
 use crate::format::time::{human_date, rfc3339};
 use crate::format::units::{bytes_size, cpus};
-use crate::format::{JsonFormat, ListFormat, write_json_lines, write_json_pretty};
+use crate::format::{JsonFormat, ListFormat, write_inspected, write_json_lines};
 use crate::parse::{self, FilterTerm, Filters};
 use crate::{CliError, GlobalArgs};
 
@@ -191,17 +191,13 @@ async fn inspect(global: &GlobalArgs, args: InspectArgs, out: Out<'_>) -> Result
             Err(err) => errors.push(err),
         }
     }
-    if args.pretty {
-        for (i, node) in found.iter().enumerate() {
-            if i > 0 {
-                writeln!(out)?;
-            }
-            write_node_pretty(out, node)?;
-        }
-    } else {
-        let views: Vec<NodeView> = found.iter().map(NodeView::new).collect();
-        write_json_pretty(out, &views)?;
-    }
+    write_inspected(
+        out,
+        &found,
+        args.pretty,
+        |out, node| write_node_pretty(out, node),
+        NodeView::new,
+    )?;
     CliError::collect(errors)
 }
 

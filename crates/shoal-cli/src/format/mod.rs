@@ -22,6 +22,29 @@ pub(crate) fn write_json_pretty<T: Serialize + ?Sized>(
     writeln!(out)
 }
 
+/// `inspect` output for objects that also have a `--pretty` form: the pretty blocks separated
+/// by blank lines, or one JSON array of their views.
+pub(crate) fn write_inspected<T, V: Serialize>(
+    out: &mut (dyn Write + Send),
+    found: &[T],
+    pretty: bool,
+    write_pretty: impl Fn(&mut (dyn Write + Send), &T) -> io::Result<()>,
+    view: impl Fn(&T) -> V,
+) -> io::Result<()> {
+    if pretty {
+        for (i, item) in found.iter().enumerate() {
+            if i > 0 {
+                writeln!(out)?;
+            }
+            write_pretty(out, item)?;
+        }
+        Ok(())
+    } else {
+        let views: Vec<V> = found.iter().map(view).collect();
+        write_json_pretty(out, &views)
+    }
+}
+
 /// Listing output for programs: one compact JSON object per line, like `docker … ls --format json`.
 pub(crate) fn write_json_lines<T: Serialize>(out: &mut dyn Write, rows: &[T]) -> io::Result<()> {
     for row in rows {

@@ -87,8 +87,9 @@ impl Membership {
 
     /// Opens the certificates and the replicated log of an existing manager.
     async fn open_manager(&self, state: &SwarmState) -> anyhow::Result<Arc<Manager>> {
-        let certificates = NodeCertificates::load(&self.data_root.certificates_dir())?;
-        drop(certificates);
+        // Loading checks the key, certificate and root belong together; a damaged set stops
+        // the start here rather than at the first peer connection.
+        NodeCertificates::load(&self.data_root.certificates_dir())?;
         let store = Store::new();
         let log = ReplicatedLog::open(
             self.raft_config(state.raft_id),
@@ -245,7 +246,7 @@ impl Membership {
                 node_addr: advertise.ip().to_string(),
                 manager_addr: state.advertise_addr.clone(),
             };
-            manager.commit(bootstrap.transaction()?).await?;
+            manager.commit(bootstrap.transaction()).await?;
             anyhow::Ok(manager)
         }
         .await;
