@@ -1,6 +1,7 @@
 //! cgroups: hierarchy detection (v1, v2, hybrid), path resolution, and the [`CgroupManager`]
 //! trait with v1 and v2 implementations written through cgroupfs behind [`CgroupFs`].
 
+pub mod devices_bpf;
 mod v1;
 mod v2;
 
@@ -15,6 +16,22 @@ use serde::{Deserialize, Serialize};
 
 pub use v1::V1Manager;
 pub use v2::V2Manager;
+
+/// Always allowed: mknod of anything (using a node is what the rules gate) and the default nodes
+/// every container gets (runc's `AllowedDevices`).
+pub(crate) const RUNTIME_DEVICES: &[&str] = &[
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+];
 
 /// Errors from cgroup operations.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +53,8 @@ pub enum CgroupError {
     NotEmpty(PathBuf),
     #[error("invalid cgroup path {0}")]
     InvalidPath(PathBuf),
+    #[error("invalid device rule {0}")]
+    InvalidDeviceRule(String),
 }
 
 pub(crate) fn io_err(op: &'static str, path: &Path, source: io::Error) -> CgroupError {
@@ -85,6 +104,12 @@ pub trait CgroupFs: Send + Sync {
     /// `rmdir`: on cgroupfs this removes a cgroup whose only entries are its control files.
     fn remove_dir(&self, path: &Path) -> io::Result<()>;
     fn exists(&self, path: &Path) -> bool;
+    /// Makes `program` the cgroup v2 device filter of the cgroup at `dir`.
+    fn attach_device_filter(
+        &self,
+        dir: &Path,
+        program: &[devices_bpf::Instruction],
+    ) -> io::Result<()>;
 }
 
 /// The kernel's cgroupfs.
@@ -111,6 +136,13 @@ impl CgroupFs for RealFs {
     }
     fn exists(&self, path: &Path) -> bool {
         path.exists()
+    }
+    fn attach_device_filter(
+        &self,
+        dir: &Path,
+        program: &[devices_bpf::Instruction],
+    ) -> io::Result<()> {
+        devices_bpf::attach(dir, program)
     }
 }
 

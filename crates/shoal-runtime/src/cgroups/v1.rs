@@ -10,25 +10,9 @@ use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
 
 use super::{
-    CgroupError, CgroupFs, CgroupManager, CgroupPaths, Stats, flat_keyed, io_err, read_pids,
-    rmdir_retry, write_procs,
+    CgroupError, CgroupFs, CgroupManager, CgroupPaths, RUNTIME_DEVICES, Stats, flat_keyed, io_err,
+    read_pids, rmdir_retry, write_procs,
 };
-
-/// Always allowed: mknod of anything (using a node is what the rules gate) and the default nodes
-/// every container gets (runc's `AllowedDevices`).
-const RUNTIME_DEVICES: &[&str] = &[
-    "c *:* m",
-    "b *:* m",
-    "c 1:3 rwm",
-    "c 1:5 rwm",
-    "c 1:7 rwm",
-    "c 1:8 rwm",
-    "c 1:9 rwm",
-    "c 5:0 rwm",
-    "c 5:1 rwm",
-    "c 5:2 rwm",
-    "c 136:* rwm",
-];
 
 /// A container cgroup on v1 hierarchies.
 pub struct V1Manager {

@@ -9,9 +9,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use oci_spec::runtime::LinuxResources;
 
+use super::devices_bpf::{self, DeviceRule};
 use super::{
-    CgroupError, CgroupFs, CgroupManager, CgroupPaths, Stats, flat_keyed, io_err, read_pids,
-    rmdir_retry, write_procs,
+    CgroupError, CgroupFs, CgroupManager, CgroupPaths, RUNTIME_DEVICES, Stats, flat_keyed, io_err,
+    read_pids, rmdir_retry, write_procs,
 };
 use crate::spec::shares_to_weight;
 
@@ -165,8 +166,28 @@ impl CgroupManager for V2Manager {
                 self.write(k, v)?;
             }
         }
-        if r.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-            tracing::debug!("cgroup v2 device rules need an eBPF program; not enforced");
+        if let Some(devices) = r.devices()
+            && !devices.is_empty()
+        {
+            let mut rules = Vec::with_capacity(devices.len() + RUNTIME_DEVICES.len());
+            for rule in devices {
+                match DeviceRule::from_oci(rule) {
+                    Some(rule) => rules.push(rule),
+                    None => {
+                        return Err(CgroupError::InvalidDeviceRule(format!("{rule:?}")));
+                    }
+                }
+            }
+            // The runtime creates these nodes itself, whatever the spec allows (as v1 does).
+            rules.extend(
+                RUNTIME_DEVICES
+                    .iter()
+                    .filter_map(|text| DeviceRule::parse(text, true)),
+            );
+            let program = devices_bpf::compile(&rules);
+            self.fs
+                .attach_device_filter(&self.dir, &program)
+                .map_err(|e| io_err("attach device filter to", &self.dir, e))?;
         }
         Ok(())
     }
@@ -306,6 +327,14 @@ mod tests {
         fn exists(&self, path: &Path) -> bool {
             path.exists()
         }
+        fn attach_device_filter(
+            &self,
+            dir: &Path,
+            program: &[devices_bpf::Instruction],
+        ) -> io::Result<()> {
+            // Records the program's length where a test can see it was attached.
+            std::fs::write(dir.join("devices.bpf"), program.len().to_string())
+        }
     }
 
     fn tree() -> (tempfile::TempDir, V2Manager) {
@@ -399,6 +428,27 @@ mod tests {
         assert_eq!(read("memory.swap.max"), "max");
         assert_eq!(read("cpu.max"), "max 100000");
         assert_eq!(read("pids.max"), "max");
+        assert!(
+            !leaf.join("devices.bpf").exists(),
+            "no device rules, no program"
+        );
+
+        let devices = LinuxResourcesBuilder::default()
+            .devices(vec![
+                oci_spec::runtime::LinuxDeviceCgroupBuilder::default()
+                    .allow(false)
+                    .access("rwm")
+                    .build()
+                    .unwrap(),
+            ])
+            .build()
+            .unwrap();
+        m.apply(&devices).unwrap();
+        let program_len: usize = read("devices.bpf").parse().unwrap();
+        assert!(
+            program_len > 8 + RUNTIME_DEVICES.len(),
+            "the spec's rules and the runtime's nodes compile into the program"
+        );
     }
 
     #[test]
