@@ -699,6 +699,10 @@ impl<L: Links, F: Firewall, P: HostPorts> BridgeNetwork<L, F, P> {
         save_state(&self.state_path, &state)?;
         inner.state = state;
         inner.reservations.remove(container_id);
+        // After the rules are gone, so no new flow can be tracked towards the old address.
+        if let Err(error) = self.firewall.forget_connections(attachment.ip).await {
+            tracing::warn!(container = %container_id, %error, "stale connections remain tracked");
+        }
         tracing::info!(container = %container_id, ip = %attachment.ip, "container detached");
         Ok(Some(attachment))
     }

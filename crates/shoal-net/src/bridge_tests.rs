@@ -327,6 +327,11 @@ async fn detach_removes_veth_address_and_rules() {
             .get("172.30.0.2")
             .is_none()
     );
+    assert_eq!(
+        w.firewall.forgotten(),
+        vec![a.ip],
+        "its tracked connections are forgotten"
+    );
     assert_eq!(net.detach("c1").await.unwrap(), None);
     // Its port can be published again.
     net.attach("c3", &w.container("c3"), &[p("8080:80")])

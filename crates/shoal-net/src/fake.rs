@@ -470,12 +470,18 @@ pub struct FakeFirewall {
     tables: Arc<Mutex<BTreeMap<String, TableRuleset>>>,
     applies: Arc<Mutex<usize>>,
     fail: Arc<Mutex<bool>>,
+    forgotten: Arc<Mutex<Vec<std::net::Ipv4Addr>>>,
 }
 
 impl FakeFirewall {
     /// No tables.
     pub fn new() -> Self {
         FakeFirewall::default()
+    }
+
+    /// The addresses whose tracked connections were forgotten, in order.
+    pub fn forgotten(&self) -> Vec<std::net::Ipv4Addr> {
+        self.forgotten.lock().clone()
     }
 
     /// The table called `name`, as last applied.
@@ -516,6 +522,11 @@ impl Firewall for FakeFirewall {
         self.check()?;
         self.tables.lock().remove(name);
         Ok(())
+    }
+
+    async fn forget_connections(&self, address: std::net::Ipv4Addr) -> Result<usize, NetError> {
+        self.forgotten.lock().push(address);
+        Ok(0)
     }
 }
 

@@ -13,7 +13,9 @@ use nftables::helper::{NftablesError, apply_ruleset_with_args_async};
 use nftables::schema::{NfListObject, Nftables, Table};
 use nftables::types::NfFamily;
 
+use crate::conntrack;
 use crate::error::NetError;
+use crate::netns::Netns;
 
 /// One nftables table with everything in it (chains, rules, sets, maps).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +88,12 @@ pub trait Firewall: Send + Sync + 'static {
         family: NfFamily,
         name: &str,
     ) -> impl Future<Output = Result<(), NetError>> + Send;
+
+    /// Forgets the tracked connections to and from `address` (it is leaving); returns how many.
+    fn forget_connections(
+        &self,
+        address: std::net::Ipv4Addr,
+    ) -> impl Future<Output = Result<usize, NetError>> + Send;
 }
 
 /// [`Firewall`] over the `nft` binary (`nft -j -f -`), run in the network namespace of the
@@ -94,6 +102,8 @@ pub trait Firewall: Send + Sync + 'static {
 pub struct NftFirewall {
     program: String,
     args: Vec<String>,
+    /// The namespace of a named-netns firewall (conntrack is per namespace too).
+    netns: Option<Netns>,
 }
 
 impl Default for NftFirewall {
@@ -108,6 +118,7 @@ impl NftFirewall {
         NftFirewall {
             program: "nft".into(),
             args: Vec::new(),
+            netns: None,
         }
     }
 
@@ -117,6 +128,7 @@ impl NftFirewall {
         NftFirewall {
             program: "ip".into(),
             args: vec!["netns".into(), "exec".into(), name.into(), "nft".into()],
+            netns: Some(Netns::named(name)),
         }
     }
 
@@ -161,6 +173,21 @@ impl Firewall for NftFirewall {
             format!("deleting table {name}"),
         )
         .await
+    }
+
+    async fn forget_connections(&self, address: std::net::Ipv4Addr) -> Result<usize, NetError> {
+        let netns = self.netns.clone();
+        let forgotten = tokio::task::spawn_blocking(move || {
+            match netns {
+                Some(netns) => netns.run(|| conntrack::forget_connections_of(address))?,
+                None => conntrack::forget_connections_of(address),
+            }
+            .map_err(|e| NetError::io(format!("forgetting the connections of {address}"), e))
+        })
+        .await
+        .map_err(|e| NetError::io("conntrack task", std::io::Error::other(e)))??;
+        tracing::debug!(%address, forgotten, "forgot tracked connections");
+        Ok(forgotten)
     }
 }
 

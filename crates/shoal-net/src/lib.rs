@@ -33,6 +33,7 @@
 //! This crate knows nothing of clusters, tasks or Raft.
 
 mod bridge;
+mod conntrack;
 mod error;
 pub mod fake;
 mod firewall;

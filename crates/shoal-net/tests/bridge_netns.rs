@@ -391,8 +391,17 @@ fn bridge_network_end_to_end() {
             "port 8080/tcp is already published by container c1"
         );
 
-        // Detach: veth, address, rules and held ports go.
+        // Detach: veth, address, rules, held ports and tracked connections go.
+        let tracked = || {
+            std::fs::read_to_string("/proc/thread-self/net/nf_conntrack")
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("=172.30.0.2 "))
+                .count()
+        };
+        assert!(tracked() > 0, "the flows above are tracked");
         net.detach("c1").await.unwrap().expect("c1 was attached");
+        assert_eq!(tracked(), 0, "the detached address's flows are forgotten");
         assert!(links.get(&a1.host_veth).await.unwrap().is_none());
         assert!(
             host_for_checks
