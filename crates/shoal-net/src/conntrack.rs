@@ -40,7 +40,7 @@ const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// Deletes every tracked IPv4 connection to or from `address` in the calling thread's network
 /// namespace; returns how many went. A kernel without conntrack has nothing to forget.
-pub fn forget_connections_of(address: Ipv4Addr) -> std::io::Result<usize> {
+pub(crate) fn forget_connections_of(address: Ipv4Addr) -> std::io::Result<usize> {
     let socket = match open() {
         Ok(s) => s,
         // No ctnetlink (module not loaded, or not built): no table, nothing to forget.
