@@ -124,9 +124,7 @@ fn pids_with_cmdline(needle: &str) -> Vec<u32> {
 
 #[test]
 fn container_start_side_by_side() {
-    if !nix::unistd::geteuid().is_root()
-        || !Path::new(shoal_testkit::images::BUSYBOX).exists()
-    {
+    if !nix::unistd::geteuid().is_root() || !Path::new(shoal_testkit::images::BUSYBOX).exists() {
         eprintln!("skipped: needs root and busybox-static");
         return;
     }
@@ -201,7 +199,15 @@ fn container_start_side_by_side() {
     let ids: Vec<String> = (0..IDLE_CONTAINERS)
         .map(|_| {
             daemon
-                .cli(&["run", "-d", "--network", "none", "busybox:bench", "sleep", "60"])
+                .cli(&[
+                    "run",
+                    "-d",
+                    "--network",
+                    "none",
+                    "busybox:bench",
+                    "sleep",
+                    "60",
+                ])
                 .ok()
                 .trim()
                 .to_owned()
@@ -214,10 +220,7 @@ fn container_start_side_by_side() {
         .map(|pid| proc_field_kb(&format!("/proc/{pid}/smaps_rollup"), "Pss:"))
         .filter(|&pss| pss > 0)
         .collect();
-    let daemon_rss = proc_field_kb(
-        &format!("/proc/{}/status", daemon.pid().unwrap()),
-        "VmRSS:",
-    );
+    let daemon_rss = proc_field_kb(&format!("/proc/{}/status", daemon.pid().unwrap()), "VmRSS:");
     for id in &ids {
         daemon.cli(&["rm", "-f", id]).ok();
     }

@@ -231,8 +231,10 @@ fn images_save_load_round_trip_and_bad_input() {
         .cli(&["image", "load", "-i", garbage.to_str().unwrap()])
         .one_line_error();
     assert_eq!(daemon.cli(&["image", "ls", "-q"]).ok().trim(), id_before);
+    // `--pull never`: a missing image is an error without reaching for a registry (a test never
+    // touches the real network).
     let line = daemon
-        .cli(&["run", "--rm", "nosuch:image", "true"])
+        .cli(&["run", "--rm", "--pull", "never", "nosuch:image", "true"])
         .one_line_error()
         .to_owned();
     assert!(line.contains("nosuch"), "{line}");

@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "raft",
         "containers",
         "images",
+        "volumes",
     ]
     .map(|name| root.join(format!("shoal/v1/{name}.proto")));
     for file in &files {

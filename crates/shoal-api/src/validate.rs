@@ -53,6 +53,37 @@ pub fn object_name(what: &'static str, name: &str) -> Result<(), InvalidInput> {
     Ok(())
 }
 
+/// Longest volume name accepted: one path component on the host.
+pub const MAX_VOLUME_NAME_LEN: usize = 255;
+
+/// Volume names, as Docker's local driver takes them: `[a-zA-Z0-9][a-zA-Z0-9_.-]+` (so at least
+/// two characters; an anonymous volume's 64 hex digits fit), at most 255 bytes.
+pub fn volume_name(name: &str) -> Result<(), InvalidInput> {
+    let refuse = |why| {
+        Err(InvalidInput::Name {
+            what: "volume",
+            name: name.to_owned(),
+            why,
+        })
+    };
+    if name.len() < 2 {
+        return refuse("must be at least 2 characters");
+    }
+    if name.len() > MAX_VOLUME_NAME_LEN {
+        return refuse("must be at most 255 characters");
+    }
+    if !name.as_bytes()[0].is_ascii_alphanumeric() {
+        return refuse("must start with a letter or digit");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return refuse("may contain only letters, digits, '_', '.' and '-'");
+    }
+    Ok(())
+}
+
 /// Label keys: non-empty, printable, no whitespace, at most 255 bytes.
 pub fn label_key(key: &str) -> Result<(), InvalidInput> {
     let refuse = |why| {
@@ -102,6 +133,28 @@ mod tests {
         for name in ["", "-x", ".x", "a b", "a/b", "ü", &"x".repeat(64), "a\n"] {
             let err = object_name("config", name).unwrap_err();
             assert!(err.to_string().starts_with("invalid config name"), "{err}");
+        }
+    }
+
+    #[test]
+    fn volume_names() {
+        for name in ["db", "my_vol.v2-1", &"a".repeat(64), &"x".repeat(255)] {
+            volume_name(name).unwrap();
+        }
+        for name in [
+            "",
+            "a",
+            "-x",
+            ".x",
+            "_x",
+            "a b",
+            "a/b",
+            "..",
+            "ü",
+            &"x".repeat(256),
+        ] {
+            let err = volume_name(name).unwrap_err();
+            assert!(err.to_string().starts_with("invalid volume name"), "{err}");
         }
     }
 

@@ -6,6 +6,7 @@ use std::future::Future;
 use shoal_api::v1::{
     self, Cluster, Config, ContainerInfo, Node, containers_client::ContainersClient,
     control_client::ControlClient, images_client::ImagesClient, swarm_client::SwarmClient,
+    volumes_client::VolumesClient,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -26,6 +27,7 @@ pub(crate) struct Daemon {
     swarm: SwarmClient<Channel>,
     containers: ContainersClient<Channel>,
     images: ImagesClient<Channel>,
+    volumes: VolumesClient<Channel>,
 }
 
 /// One state change `stop`, `kill`, `pause`… asks of a container.
@@ -49,7 +51,8 @@ impl Daemon {
             swarm: SwarmClient::new(channel.clone()),
             containers: ContainersClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE),
-            images: ImagesClient::new(channel).max_decoding_message_size(MAX_MESSAGE),
+            images: ImagesClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE),
+            volumes: VolumesClient::new(channel),
         })
     }
 
@@ -390,6 +393,113 @@ impl Daemon {
         Ok(res.into_inner())
     }
 
+    // Containers service: filesystems (diff, export, commit, cp) ----------------------------
+
+    pub(crate) async fn container_changes(
+        &mut self,
+        container: &str,
+    ) -> Result<Vec<v1::ContainerChange>, CliError> {
+        let req = v1::ContainerRef {
+            container: container.to_owned(),
+        };
+        let res = self.containers.diff(req).await.map_err(|s| self.fail(s))?;
+        Ok(res.into_inner().changes)
+    }
+
+    pub(crate) async fn export_container(
+        &mut self,
+        container: &str,
+    ) -> Result<Streaming<v1::ArchiveChunk>, CliError> {
+        let req = v1::ContainerRef {
+            container: container.to_owned(),
+        };
+        let res = self
+            .containers
+            .export(req)
+            .await
+            .map_err(|s| self.fail(s))?;
+        Ok(res.into_inner())
+    }
+
+    pub(crate) async fn commit_container(
+        &mut self,
+        req: v1::CommitContainerRequest,
+    ) -> Result<v1::CommitContainerResponse, CliError> {
+        let res = self
+            .containers
+            .commit(req)
+            .await
+            .map_err(|s| self.fail(s))?;
+        let res = res.into_inner();
+        if res.id.is_empty() {
+            return Err(CliError::Protocol("Commit returned no image ID"));
+        }
+        Ok(res)
+    }
+
+    pub(crate) async fn stat_container_path(
+        &mut self,
+        container: &str,
+        path: &str,
+    ) -> Result<v1::ContainerPathStat, CliError> {
+        let req = v1::ContainerPathRequest {
+            container: container.to_owned(),
+            path: path.to_owned(),
+        };
+        let res = self
+            .containers
+            .stat_path(req)
+            .await
+            .map_err(|s| self.fail(s))?;
+        Ok(res.into_inner())
+    }
+
+    pub(crate) async fn copy_from_container(
+        &mut self,
+        container: &str,
+        path: &str,
+    ) -> Result<Streaming<v1::CopyFromChunk>, CliError> {
+        let req = v1::ContainerPathRequest {
+            container: container.to_owned(),
+            path: path.to_owned(),
+        };
+        let res = self
+            .containers
+            .copy_from(req)
+            .await
+            .map_err(|s| self.fail(s))?;
+        Ok(res.into_inner())
+    }
+
+    /// Streams `spec`, then the tar in `chunks` (read from `source`), as a `CopyTo`; returns
+    /// the bytes sent.
+    pub(crate) async fn copy_to_container(
+        &mut self,
+        spec: v1::CopyToSpec,
+        chunks: mpsc::Receiver<std::io::Result<Vec<u8>>>,
+        source: &str,
+    ) -> Result<u64, CliError> {
+        let (tx, rx) = mpsc::channel(2);
+        let first = v1::CopyToChunk {
+            part: Some(v1::copy_to_chunk::Part::Spec(spec)),
+        };
+        tx.send(first)
+            .await
+            .map_err(|_| CliError::Protocol("the copy stream closed before it started"))?;
+        let sent = std::sync::atomic::AtomicU64::new(0);
+        let mut client = self.containers.clone();
+        let rpc = client.copy_to(ReceiverStream::new(rx));
+        let res = upload(rpc, tx, chunks, source, |data| {
+            sent.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            v1::CopyToChunk {
+                part: Some(v1::copy_to_chunk::Part::Data(data)),
+            }
+        })
+        .await;
+        res.map_err(|err| err.into_cli(self))?;
+        Ok(sent.into_inner())
+    }
+
     // Images service --------------------------------------------------------------------------
 
     pub(crate) async fn list_images(
@@ -487,12 +597,100 @@ impl Daemon {
         res.map_err(|err| err.into_cli(self))
     }
 
+    /// Starts a pull; progress and then the result arrive on the stream.
+    pub(crate) async fn pull_image(
+        &mut self,
+        image: &str,
+        auth: Option<v1::RegistryAuth>,
+    ) -> Result<Streaming<v1::ImageProgress>, CliError> {
+        let req = v1::PullImageRequest {
+            image: image.to_owned(),
+            auth,
+        };
+        let res = self.images.pull(req).await.map_err(|s| self.fail(s))?;
+        Ok(res.into_inner())
+    }
+
+    /// Starts a push; progress and then the result arrive on the stream.
+    pub(crate) async fn push_image(
+        &mut self,
+        image: &str,
+        auth: Option<v1::RegistryAuth>,
+    ) -> Result<Streaming<v1::ImageProgress>, CliError> {
+        let req = v1::PushImageRequest {
+            image: image.to_owned(),
+            auth,
+        };
+        let res = self.images.push(req).await.map_err(|s| self.fail(s))?;
+        Ok(res.into_inner())
+    }
+
+    /// Has the daemon check credentials against a registry.
+    pub(crate) async fn registry_login(
+        &mut self,
+        req: v1::RegistryLoginRequest,
+    ) -> Result<v1::RegistryLoginResponse, CliError> {
+        let res = self.images.login(req).await.map_err(|s| self.fail(s))?;
+        Ok(res.into_inner())
+    }
+
     pub(crate) async fn prune_images(&mut self) -> Result<v1::PruneImagesResponse, CliError> {
         let res = self
             .images
             .prune(v1::PruneImagesRequest {})
             .await
             .map_err(|s| self.fail(s))?;
+        Ok(res.into_inner())
+    }
+}
+
+impl Daemon {
+    // Volumes service -------------------------------------------------------------------------
+
+    pub(crate) async fn create_volume(
+        &mut self,
+        req: v1::CreateVolumeRequest,
+    ) -> Result<v1::Volume, CliError> {
+        let res = self.volumes.create(req).await.map_err(|s| self.fail(s))?;
+        let volume = res.into_inner();
+        if volume.name.is_empty() {
+            return Err(CliError::Protocol("CreateVolume returned no volume name"));
+        }
+        Ok(volume)
+    }
+
+    pub(crate) async fn inspect_volume(&mut self, name: &str) -> Result<v1::Volume, CliError> {
+        let req = v1::VolumeRef {
+            name: name.to_owned(),
+        };
+        let res = self.volumes.inspect(req).await.map_err(|s| self.fail(s))?;
+        Ok(res.into_inner())
+    }
+
+    pub(crate) async fn list_volumes(
+        &mut self,
+        filters: Vec<v1::VolumeFilter>,
+    ) -> Result<Vec<v1::Volume>, CliError> {
+        let req = v1::ListVolumesRequest { filters };
+        let res = self.volumes.list(req).await.map_err(|s| self.fail(s))?;
+        Ok(res.into_inner().volumes)
+    }
+
+    pub(crate) async fn remove_volume(&mut self, name: &str, force: bool) -> Result<(), CliError> {
+        let req = v1::RemoveVolumeRequest {
+            name: name.to_owned(),
+            force,
+        };
+        self.volumes.remove(req).await.map_err(|s| self.fail(s))?;
+        Ok(())
+    }
+
+    pub(crate) async fn prune_volumes(
+        &mut self,
+        all: bool,
+    ) -> Result<v1::PruneVolumesResponse, CliError> {
+        let req = v1::PruneVolumesRequest { all };
+        let res = self.volumes.prune(req).await.map_err(|s| self.fail(s))?;
         Ok(res.into_inner())
     }
 }

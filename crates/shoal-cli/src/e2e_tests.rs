@@ -2,7 +2,9 @@
 //! daemon (in-memory, this file and its children) → the exact text a user sees.
 
 mod containers;
+mod filesystem;
 mod images;
+mod volumes;
 
 use std::sync::{Arc, Mutex};
 
@@ -11,7 +13,7 @@ use prost_types::Timestamp;
 use shoal_api::v1::{
     self, containers_server::ContainersServer, control_server::Control,
     control_server::ControlServer, images_server::ImagesServer, swarm_server::Swarm,
-    swarm_server::SwarmServer,
+    swarm_server::SwarmServer, volumes_server::VolumesServer,
 };
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -39,7 +41,9 @@ struct State {
     calls: Vec<&'static str>,
     /// The local container and image services' state (see the child modules).
     local: containers::Local,
+    files: filesystem::Files,
     images: images::Store,
+    volumes: volumes::Store,
 }
 
 #[derive(Clone, Default)]
@@ -418,6 +422,7 @@ impl Harness {
             .add_service(ControlServer::new(fake.clone()))
             .add_service(ContainersServer::new(fake.clone()))
             .add_service(ImagesServer::new(fake.clone()))
+            .add_service(VolumesServer::new(fake.clone()))
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
                 let _ = stopped.await;
             });

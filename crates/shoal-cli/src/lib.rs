@@ -9,6 +9,7 @@
 mod attach;
 pub mod commands;
 mod connect;
+mod credentials;
 mod daemon;
 mod error;
 mod format;

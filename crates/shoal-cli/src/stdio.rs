@@ -7,8 +7,9 @@ use std::os::fd::AsFd;
 
 use nix::sys::termios::{self, SetArg, Termios};
 use shoal_api::v1::{StdioInput, TerminalSize, stdio_input};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
+use crate::attach::DetachKeys;
 use crate::commands::Out;
 
 /// Where a verb reads its standard input from.
@@ -55,25 +56,44 @@ pub(crate) struct Stdio<'a> {
 /// Copies `reader` into `tx` as stdin messages on a plain thread — a blocking read of a
 /// terminal cannot be cancelled, and a detached thread does not hold up the process's exit the
 /// way a runtime's blocking task would. End of input (or a read error) closes the process's
-/// stdin; the thread ends once the stream is gone.
-pub(crate) fn forward_stdin(mut reader: Box<dyn Read + Send>, tx: mpsc::Sender<StdioInput>) {
+/// stdin when `close_at_end`; the thread ends once the stream is gone. With `detach`, the
+/// detach keys end the forwarding instead (stdin stays open) and say so on the channel.
+pub(crate) fn forward_stdin(
+    mut reader: Box<dyn Read + Send>,
+    tx: mpsc::Sender<StdioInput>,
+    close_at_end: bool,
+    mut detach: Option<(DetachKeys, oneshot::Sender<()>)>,
+) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 32 * 1024];
         loop {
-            let message = match reader.read(&mut buf) {
-                Ok(0) => None,
-                Ok(n) => Some(stdio_input::Input::Stdin(buf[..n].to_vec())),
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => None,
+                Err(_) => break,
             };
-            let done = message.is_none();
-            let message = message.unwrap_or(stdio_input::Input::CloseStdin(true));
-            let sent = tx.blocking_send(StdioInput {
-                input: Some(message),
-            });
-            if done || sent.is_err() {
+            let (bytes, detached) = match detach.as_mut() {
+                Some((keys, _)) => keys.scan(&buf[..n]),
+                None => (buf[..n].to_vec(), false),
+            };
+            if !bytes.is_empty() {
+                let message = StdioInput {
+                    input: Some(stdio_input::Input::Stdin(bytes)),
+                };
+                if tx.blocking_send(message).is_err() {
+                    return;
+                }
+            }
+            if detached && let Some((_, done)) = detach.take() {
+                let _ = done.send(());
                 return;
             }
+        }
+        if close_at_end {
+            let _ = tx.blocking_send(StdioInput {
+                input: Some(stdio_input::Input::CloseStdin(true)),
+            });
         }
     });
 }
@@ -239,11 +259,30 @@ mod tests {
     #[tokio::test]
     async fn stdin_ends_with_close() {
         let (tx, mut rx) = mpsc::channel(4);
-        forward_stdin(Box::new(io::Cursor::new(b"hi".to_vec())), tx);
+        forward_stdin(Box::new(io::Cursor::new(b"hi".to_vec())), tx, true, None);
         let first = rx.recv().await.unwrap().input.unwrap();
         assert_eq!(first, stdio_input::Input::Stdin(b"hi".to_vec()));
         let second = rx.recv().await.unwrap().input.unwrap();
         assert_eq!(second, stdio_input::Input::CloseStdin(true));
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn detach_keys_end_forwarding_without_closing_stdin() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let (done, detached) = oneshot::channel();
+        let keys = DetachKeys::new(vec![16, 17]).unwrap();
+        let typed = vec![b'l', b's', 16, 17, b'x'];
+        forward_stdin(
+            Box::new(io::Cursor::new(typed)),
+            tx,
+            true,
+            Some((keys, done)),
+        );
+        let first = rx.recv().await.unwrap().input.unwrap();
+        assert_eq!(first, stdio_input::Input::Stdin(b"ls".to_vec()));
+        detached.await.unwrap();
+        // Nothing after the keys, and no close_stdin.
         assert!(rx.recv().await.is_none());
     }
 }

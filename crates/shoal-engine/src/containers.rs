@@ -2,7 +2,6 @@
 //! stats.
 
 use std::pin::Pin;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,18 +9,21 @@ use futures::Stream;
 use shoal_api::v1::containers_server::{Containers, ContainersServer};
 use shoal_api::v1::{
     ContainerInfo, ContainerRef, ContainerStateResponse, CreateContainerRequest,
-    CreateContainerResponse, ExecSpec, KillContainerRequest, ListContainersRequest,
-    ListContainersResponse, LogEntry, LogsRequest, RemoveContainerRequest, RemoveContainerResponse,
-    StatsResponse, StdioInput, StdioOutput, StopContainerRequest, TopProcess, TopResponse,
-    stdio_input, stdio_output,
+    CreateContainerResponse, KillContainerRequest, ListContainersRequest, ListContainersResponse,
+    LogEntry, LogsRequest, RemoveContainerRequest, RemoveContainerResponse, StatsResponse,
+    StdioInput, StdioOutput, StopContainerRequest, TopProcess, TopResponse, stdio_input,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{Engine, EngineError, logs};
+use crate::filesystem::api as fs_api;
+use crate::{Engine, EngineError, logs, sessions};
+use shoal_api::v1::{
+    ArchiveChunk, CommitContainerRequest, CommitContainerResponse, ContainerChangesResponse,
+    ContainerPathRequest, ContainerPathStat, CopyFromChunk, CopyToChunk, CopyToResponse,
+};
 
 type Reply<T> = Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -265,7 +267,7 @@ impl Containers for ContainersApi {
     ) -> Reply<RemoveContainerResponse> {
         let request = request.into_inner();
         self.engine
-            .remove(&request.container, request.force)
+            .remove_with_volumes(&request.container, request.force, request.remove_volumes)
             .await?;
         Ok(Response::new(RemoveContainerResponse {}))
     }
@@ -309,91 +311,8 @@ impl Containers for ContainersApi {
                 "the first attach message must name the container",
             ));
         };
-        let id = self.engine.resolve(&target.container).await?;
-        let info = self.engine.inspect(&id).await?;
-        let spec = info.spec.clone().unwrap_or_default();
-        if spec.open_stdin || spec.tty {
-            return Err(Status::unimplemented(
-                "interactive attach (-i/-t) is not supported yet: run the container detached (-d) and use \"shoal logs -f\"",
-            ));
-        }
-        let engine = self.engine.clone();
-        let mut exit_rx = self
-            .engine
-            .exit_watch(&id)
-            .await
-            .ok_or_else(|| EngineError::NoSuchContainer(id.clone()))?;
-        let guard = self.engine.attach_guard(&id).await;
-        let (tx, rx) = mpsc::channel::<Result<StdioOutput, Status>>(256);
-        tokio::spawn(async move {
-            let _guard = guard;
-            // `run` attaches before it starts the container: wait for the start (bounded).
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            let started = loop {
-                match engine.inspect(&id).await {
-                    Ok(info) => {
-                        let state = info.state.unwrap_or_default();
-                        if state.status != "created" {
-                            break state.started_at;
-                        }
-                    }
-                    // Removed before it ran.
-                    Err(_) => return,
-                }
-                if tokio::time::Instant::now() > deadline || tx.is_closed() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            };
-            let (log_tx, mut log_rx) = mpsc::channel(256);
-            let follower = tokio::spawn(stream_logs(
-                engine.clone(),
-                id.clone(),
-                -1,
-                true,
-                after(started),
-                log_tx,
-            ));
-            while let Some(entry) = log_rx.recv().await {
-                let output = match entry {
-                    Ok(entry) if entry.stream == "stderr" => {
-                        stdio_output::Output::Stderr(entry.line)
-                    }
-                    Ok(entry) => stdio_output::Output::Stdout(entry.line),
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
-                };
-                if tx
-                    .send(Ok(StdioOutput {
-                        output: Some(output),
-                    }))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            if follower.await.unwrap_or(false) {
-                // The code survives `--rm` removing the container in the meantime.
-                let code = loop {
-                    if let Some(code) = *exit_rx.borrow_and_update() {
-                        break Some(code);
-                    }
-                    if exit_rx.changed().await.is_err() {
-                        break *exit_rx.borrow();
-                    }
-                };
-                let code = code.unwrap_or(255);
-                let _ = tx
-                    .send(Ok(StdioOutput {
-                        output: Some(stdio_output::Output::ExitCode(code)),
-                    }))
-                    .await;
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let output = sessions::attach(self.engine.clone(), input, &target.container).await?;
+        Ok(Response::new(output))
     }
 
     type ExecStream = BoxStream<StdioOutput>;
@@ -409,83 +328,9 @@ impl Containers for ContainersApi {
                 "the first exec message must carry the exec spec",
             ));
         };
-        if spec.cmd.is_empty() {
-            return Err(Status::invalid_argument("exec needs a command"));
-        }
-        let (id, _shim) = self.engine.shim(&spec.container).await?;
-        let mut child = exec_command(&self.engine, &id, &spec)
-            .spawn()
-            .map_err(|e| Status::internal(format!("cannot start the exec helper: {e}")))?;
-        let mut stdin = child.stdin.take();
-        let mut stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| Status::internal("no stdout"))?;
-        let mut stderr = child
-            .stderr
-            .take()
-            .ok_or_else(|| Status::internal("no stderr"))?;
-        let (tx, rx) = mpsc::channel::<Result<StdioOutput, Status>>(256);
-        tokio::spawn(async move {
-            while let Some(Ok(message)) = input.next().await {
-                match message.input {
-                    Some(stdio_input::Input::Stdin(data)) => {
-                        if let Some(pipe) = stdin.as_mut()
-                            && pipe.write_all(&data).await.is_err()
-                        {
-                            stdin = None;
-                        }
-                    }
-                    Some(stdio_input::Input::CloseStdin(true)) => stdin = None,
-                    _ => {}
-                }
-            }
-        });
-        let out_tx = tx.clone();
-        let pump_out = tokio::spawn(async move {
-            let mut buffer = vec![0u8; 32 * 1024];
-            while let Ok(n) = stdout.read(&mut buffer).await {
-                if n == 0 {
-                    break;
-                }
-                let message = StdioOutput {
-                    output: Some(stdio_output::Output::Stdout(buffer[..n].to_vec())),
-                };
-                if out_tx.send(Ok(message)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let err_tx = tx.clone();
-        let pump_err = tokio::spawn(async move {
-            let mut buffer = vec![0u8; 32 * 1024];
-            while let Ok(n) = stderr.read(&mut buffer).await {
-                if n == 0 {
-                    break;
-                }
-                let message = StdioOutput {
-                    output: Some(stdio_output::Output::Stderr(buffer[..n].to_vec())),
-                };
-                if err_tx.send(Ok(message)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            let _ = pump_out.await;
-            let _ = pump_err.await;
-            let code = match status {
-                Ok(status) => status.code().unwrap_or(255),
-                Err(_) => 255,
-            };
-            let _ = tx
-                .send(Ok(StdioOutput {
-                    output: Some(stdio_output::Output::ExitCode(code)),
-                }))
-                .await;
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(
+            sessions::exec(self.engine.clone(), input, spec).await?,
+        ))
     }
 
     async fn top(&self, request: Request<ContainerRef>) -> Reply<TopResponse> {
@@ -529,6 +374,42 @@ impl Containers for ContainersApi {
             ..Default::default()
         }))
     }
+
+    // Filesystem calls (`diff`, `export`, `commit`, `cp`): see `filesystem::api`.
+
+    async fn diff(&self, request: Request<ContainerRef>) -> Reply<ContainerChangesResponse> {
+        fs_api::diff(&self.engine, request.into_inner()).await
+    }
+
+    type ExportStream = BoxStream<ArchiveChunk>;
+
+    async fn export(&self, request: Request<ContainerRef>) -> Reply<Self::ExportStream> {
+        fs_api::export(&self.engine, request.into_inner()).await
+    }
+
+    async fn commit(
+        &self,
+        request: Request<CommitContainerRequest>,
+    ) -> Reply<CommitContainerResponse> {
+        fs_api::commit(&self.engine, request.into_inner()).await
+    }
+
+    async fn stat_path(&self, request: Request<ContainerPathRequest>) -> Reply<ContainerPathStat> {
+        fs_api::stat_path(&self.engine, request.into_inner()).await
+    }
+
+    type CopyFromStream = BoxStream<CopyFromChunk>;
+
+    async fn copy_from(
+        &self,
+        request: Request<ContainerPathRequest>,
+    ) -> Reply<Self::CopyFromStream> {
+        fs_api::copy_from(&self.engine, request.into_inner()).await
+    }
+
+    async fn copy_to(&self, request: Request<Streaming<CopyToChunk>>) -> Reply<CopyToResponse> {
+        fs_api::copy_to(&self.engine, request.into_inner()).await
+    }
 }
 
 /// Time all CPUs of the host have spent, from the `cpu` line of /proc/stat (the reference
@@ -561,40 +442,4 @@ fn host_memory_bytes() -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map_or(0, |kib| kib * 1024)
-}
-
-/// `shoal runtime --root R exec …`: processes join a container from a single-threaded helper,
-/// never from the async daemon.
-fn exec_command(engine: &Engine, id: &str, spec: &ExecSpec) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(engine.shoal_binary());
-    command
-        .arg("runtime")
-        .arg("--root")
-        .arg(engine.runtime_root())
-        .arg("exec");
-    if spec.tty {
-        command.arg("--tty");
-    }
-    if !spec.working_dir.is_empty() {
-        command.arg("--cwd").arg(&spec.working_dir);
-    }
-    for env in &spec.env {
-        command.arg("--env").arg(env);
-    }
-    if !spec.user.is_empty() {
-        command.arg("--user").arg(&spec.user);
-    }
-    command
-        .arg(id)
-        .arg("--")
-        .args(&spec.cmd)
-        .stdin(if spec.open_stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    command
 }

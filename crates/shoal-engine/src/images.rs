@@ -1,6 +1,6 @@
 //! The local `Images` API over the image store. The store's I/O is blocking, so streams are
 //! bridged: chunks from the client feed a blocking reader, and a blocking writer feeds chunks
-//! back.
+//! back. Pull and push run the registry client in a task of their own and stream its progress.
 
 use std::io::{Read, Write};
 use std::pin::Pin;
@@ -9,12 +9,15 @@ use std::sync::Arc;
 use futures::Stream;
 use shoal_api::v1::images_server::{Images, ImagesServer};
 use shoal_api::v1::{
-    DataChunk, HistoryEntry, ImageHistoryResponse, ImageInfo, ImageRef, ImageSummary, ImportChunk,
-    ListImagesRequest, ListImagesResponse, LoadImagesResponse, PruneImagesRequest,
-    PruneImagesResponse, RemoveImageRequest, RemoveImageResponse, RemovedImage, SaveImagesRequest,
-    TagImageRequest, TagImageResponse, import_chunk,
+    DataChunk, HistoryEntry, ImageHistoryResponse, ImageInfo, ImageProgress, ImageRef,
+    ImageSummary, ImportChunk, ListImagesRequest, ListImagesResponse, LoadImagesResponse,
+    PruneImagesRequest, PruneImagesResponse, PullImageRequest, PulledImage, PushImageRequest,
+    PushedImage, RegistryLoginRequest, RegistryLoginResponse, RemoveImageRequest,
+    RemoveImageResponse, RemovedImage, SaveImagesRequest, TagImageRequest, TagImageResponse,
+    import_chunk,
 };
-use shoal_image::{ImageError, Removed};
+use shoal_image::registry::{Progress, ProgressSink, RegistryAuth, RegistryError};
+use shoal_image::{ImageError, Reference, Removed};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -36,6 +39,26 @@ impl ImagesApi {
 }
 
 fn status(error: ImageError) -> Status {
+    status_of_image(&error)
+}
+
+fn registry_status(error: RegistryError) -> Status {
+    let code = match &error {
+        RegistryError::Image(e) => return status_of_image(e),
+        RegistryError::ManifestUnknown { .. } | RegistryError::NotLocal(_) => Code::NotFound,
+        RegistryError::BadCredentials { .. } | RegistryError::AuthenticationRequired { .. } => {
+            Code::Unauthenticated
+        }
+        RegistryError::Denied { .. } => Code::PermissionDenied,
+        RegistryError::InvalidArgument(_) => Code::InvalidArgument,
+        RegistryError::Internal(_) => Code::Internal,
+        // Not Unavailable: the CLI reads that code as "the daemon is gone".
+        _ => Code::FailedPrecondition,
+    };
+    Status::new(code, error.to_string())
+}
+
+fn status_of_image(error: &ImageError) -> Status {
     let message = error.to_string();
     let code = if message.starts_with("no such image") {
         Code::NotFound
@@ -45,6 +68,63 @@ fn status(error: ImageError) -> Status {
         Code::FailedPrecondition
     };
     Status::new(code, message)
+}
+
+/// The credentials a request carries; none means anonymous.
+fn registry_auth(auth: Option<shoal_api::v1::RegistryAuth>) -> RegistryAuth {
+    let Some(auth) = auth else {
+        return RegistryAuth::Anonymous;
+    };
+    if !auth.registry_token.is_empty() {
+        RegistryAuth::Bearer(auth.registry_token)
+    } else if !auth.username.is_empty() || !auth.password.is_empty() {
+        RegistryAuth::Basic {
+            username: auth.username,
+            password: auth.password,
+        }
+    } else {
+        RegistryAuth::Anonymous
+    }
+}
+
+fn progress_message(progress: Progress) -> ImageProgress {
+    ImageProgress {
+        id: progress.id,
+        status: progress.status.to_string(),
+        current: progress.current,
+        total: progress.total,
+        pulled: None,
+        pushed: None,
+    }
+}
+
+type ProgressStream = Pin<Box<dyn Stream<Item = Result<ImageProgress, Status>> + Send + 'static>>;
+
+/// Runs a registry operation in its own task, streaming its progress and then its last
+/// message (or its error). The operation finishes even if the client goes away, so a
+/// download is never left half-recorded.
+fn progress_stream<F, Fut>(operation: F) -> ProgressStream
+where
+    F: FnOnce(ProgressSink) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<ImageProgress, Status>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    let progress_tx = tx.clone();
+    let sink: ProgressSink = Arc::new(move |p: Progress| {
+        let _ = progress_tx.send(Ok(progress_message(p)));
+    });
+    tokio::spawn(async move {
+        let last = operation(sink).await;
+        let _ = tx.send(last);
+    });
+    Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+}
+
+fn parse_reference(image: &str) -> Result<Reference, Status> {
+    if image.is_empty() {
+        return Err(Status::invalid_argument("an image name is required"));
+    }
+    Reference::parse(image).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -359,6 +439,75 @@ impl Images for ImagesApi {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(status)?;
         Ok(Response::new(summary(imported)))
+    }
+
+    type PullStream = ProgressStream;
+
+    async fn pull(&self, request: Request<PullImageRequest>) -> Reply<Self::PullStream> {
+        let request = request.into_inner();
+        let reference = parse_reference(&request.image)?;
+        let auth = registry_auth(request.auth);
+        let engine = self.engine.clone();
+        Ok(Response::new(progress_stream(move |sink| async move {
+            let store = engine.images().clone();
+            let pulled = engine
+                .registry()
+                .pull(&store, &reference, &auth, sink)
+                .await
+                .map_err(registry_status)?;
+            Ok(ImageProgress {
+                pulled: Some(PulledImage {
+                    reference: pulled.reference.to_string(),
+                    digest: pulled.digest.to_string(),
+                    image_id: pulled.image_id.to_string(),
+                    downloaded_newer: pulled.downloaded_newer,
+                    familiar: pulled.reference.familiar(),
+                }),
+                ..Default::default()
+            })
+        })))
+    }
+
+    type PushStream = ProgressStream;
+
+    async fn push(&self, request: Request<PushImageRequest>) -> Reply<Self::PushStream> {
+        let request = request.into_inner();
+        let reference = parse_reference(&request.image)?;
+        let auth = registry_auth(request.auth);
+        let engine = self.engine.clone();
+        Ok(Response::new(progress_stream(move |sink| async move {
+            let store = engine.images().clone();
+            let pushed = engine
+                .registry()
+                .push(&store, &reference, &auth, sink)
+                .await
+                .map_err(registry_status)?;
+            Ok(ImageProgress {
+                pushed: Some(PushedImage {
+                    tag: pushed.tag,
+                    digest: pushed.digest.to_string(),
+                    size: pushed.size,
+                }),
+                ..Default::default()
+            })
+        })))
+    }
+
+    async fn login(&self, request: Request<RegistryLoginRequest>) -> Reply<RegistryLoginResponse> {
+        let request = request.into_inner();
+        if request.username.is_empty() || request.password.is_empty() {
+            return Err(Status::invalid_argument(
+                "login needs a username and a password",
+            ));
+        }
+        self.engine
+            .registry()
+            .login(&request.server, &request.username, &request.password)
+            .await
+            .map_err(registry_status)?;
+        Ok(Response::new(RegistryLoginResponse {
+            status: "Login Succeeded".to_owned(),
+        }))
     }
 
     async fn prune(&self, _request: Request<PruneImagesRequest>) -> Reply<PruneImagesResponse> {

@@ -2,15 +2,19 @@
 //! container: resolves the image, mounts its layers as an overlay, builds the OCI spec, starts
 //! one shim per container, wires the container to the bridge network, records every state
 //! change on disk, and re-adopts running shims after a daemon restart. It serves the local
-//! `Containers` and `Images` APIs.
+//! `Containers`, `Images` and `Volumes` APIs.
 //!
 //! It knows nothing of clusters, tasks or Raft: the standalone verbs use it, and the agent will.
 
 mod containers;
+mod filesystem;
 mod images;
 mod logs;
 mod names;
 mod records;
+mod sessions;
+mod volumes;
+mod volumes_api;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,7 +34,9 @@ use shoal_runtime::{
 use tokio::sync::{Mutex, watch};
 
 pub use containers::ContainersApi;
+pub use filesystem::CommitRequest;
 pub use images::ImagesApi;
+pub use volumes_api::VolumesApi;
 
 use records::RecordStore;
 
@@ -39,6 +45,8 @@ use records::RecordStore;
 pub enum EngineError {
     #[error("no such container: {0}")]
     NoSuchContainer(String),
+    #[error("no such volume: {0}")]
+    NoSuchVolume(String),
     #[error("container reference {reference:?} is ambiguous: it matches {count} containers")]
     Ambiguous { reference: String, count: usize },
     #[error("{0}")]
@@ -47,6 +55,8 @@ pub enum EngineError {
     Conflict(String),
     #[error(transparent)]
     Image(#[from] shoal_image::ImageError),
+    #[error(transparent)]
+    Filesystem(#[from] shoal_image::FsError),
     #[error(transparent)]
     Network(#[from] shoal_net::NetError),
     #[error(transparent)]
@@ -93,8 +103,14 @@ impl From<EngineError> for tonic::Status {
     fn from(error: EngineError) -> tonic::Status {
         use tonic::Code;
         let code = match &error {
-            EngineError::NoSuchContainer(_) => Code::NotFound,
+            EngineError::NoSuchContainer(_) | EngineError::NoSuchVolume(_) => Code::NotFound,
             EngineError::Image(e) if e.to_string().starts_with("no such image") => Code::NotFound,
+            EngineError::Filesystem(shoal_image::FsError::NotFound(_)) => Code::NotFound,
+            EngineError::Filesystem(
+                shoal_image::FsError::NotADirectory(_)
+                | shoal_image::FsError::Refused(_)
+                | shoal_image::FsError::UnsafePath { .. },
+            ) => Code::InvalidArgument,
             EngineError::Ambiguous { .. } | EngineError::InvalidArgument(_) => {
                 Code::InvalidArgument
             }
@@ -122,6 +138,8 @@ pub struct EngineConfig {
     /// Log rotation of every container.
     pub log_max_size: Option<u64>,
     pub log_max_files: u32,
+    /// `HOST[:PORT]` of registries reached over plain HTTP; all others are HTTPS.
+    pub insecure_registries: Vec<String>,
 }
 
 /// One container the engine knows.
@@ -135,6 +153,8 @@ struct Entry {
     stopped_by_user: bool,
     /// Attached clients still reading its output; `--rm` waits for them before removing.
     attached: Arc<std::sync::atomic::AtomicUsize>,
+    /// The delay before the next policy restart; see [`next_restart_delay`].
+    restart_delay: Duration,
 }
 
 impl Entry {
@@ -164,6 +184,12 @@ pub struct Engine {
     records: RecordStore,
     network: Option<BridgeNetwork>,
     containers: Mutex<HashMap<String, Entry>>,
+    /// Temporary filesystem views of stopped containers, and the starts they must not overlap.
+    fs_ops: filesystem::FsOps,
+    /// Attaches waiting for their container's next start.
+    pending_attaches: sessions::PendingAttaches,
+    volumes: volumes::VolumeStore,
+    registry: shoal_image::registry::RegistryClient,
 }
 
 fn now_rfc3339() -> prost_types::Timestamp {
@@ -196,6 +222,10 @@ impl Engine {
                 .map_err(|e| EngineError::Internal(e.to_string()))??
         };
         let records = RecordStore::open(&config.data_root.join("containers"))?;
+        let volumes = volumes::VolumeStore::open(
+            &config.data_root.join("volumes"),
+            &config.exec_root.join("volumes"),
+        )?;
         for dir in [config.exec_root.join("containers"), runtime_root(&config)] {
             std::fs::create_dir_all(&dir).map_err(|e| EngineError::io("create", &dir, e))?;
         }
@@ -206,12 +236,22 @@ impl Engine {
             }
             None => None,
         };
+        let registry =
+            shoal_image::registry::RegistryClient::new(shoal_image::registry::RegistryConfig {
+                insecure: config.insecure_registries.clone(),
+                ..Default::default()
+            });
+        let fs_ops = filesystem::FsOps::new(&config.exec_root);
         let engine = Arc::new(Engine {
             config,
+            fs_ops,
             images: Arc::new(images),
             records,
             network,
             containers: Mutex::new(HashMap::new()),
+            pending_attaches: Default::default(),
+            volumes,
+            registry,
         });
         engine.recover().await?;
         Ok(engine)
@@ -219,6 +259,11 @@ impl Engine {
 
     pub fn images(&self) -> &Arc<ImageStore> {
         &self.images
+    }
+
+    /// The client that pulls from and pushes to registries.
+    pub fn registry(&self) -> &shoal_image::registry::RegistryClient {
+        &self.registry
     }
 
     fn container_exec_dir(&self, id: &str) -> PathBuf {
@@ -276,12 +321,14 @@ impl Engine {
                     exited,
                     stopped_by_user: false,
                     attached: Default::default(),
+                    restart_delay: Duration::ZERO,
                 },
             );
             if let Some(client) = shim {
                 self.spawn_waiter(id, client);
             }
         }
+        self.settle_volume_mounts(&table);
         drop(table);
         if let Some(network) = &self.network {
             let live: Vec<shoal_net::ContainerAttachmentRecord> = live
@@ -367,6 +414,13 @@ impl Engine {
             name
         };
         spec.name = name.clone();
+        let image_volumes = image
+            .config
+            .config()
+            .as_ref()
+            .and_then(|c| c.volumes().clone())
+            .unwrap_or_default();
+        let resolved = self.resolve_mounts(&spec, &image_volumes)?;
         let id = new_container_id();
         let info = ContainerInfo {
             id: id.clone(),
@@ -382,19 +436,30 @@ impl Engine {
             network: None,
             log_path: self.log_path(&id).display().to_string(),
             command,
+            mounts: resolved.mounts.clone(),
         };
-        self.records.save(&info)?;
+        if let Err(error) = self.records.save(&info) {
+            self.discard_volumes(&resolved.created);
+            return Err(error);
+        }
         let (exited, _) = watch::channel(None);
         table.insert(
-            id,
+            id.clone(),
             Entry {
                 info: info.clone(),
                 shim: None,
                 exited,
                 stopped_by_user: false,
                 attached: Default::default(),
+                restart_delay: Duration::ZERO,
             },
         );
+        drop(table);
+        // After the container is recorded, so its volumes count as in use meanwhile.
+        if let Err(error) = self.copy_up(&resolved, &image.layer_dirs).await {
+            let _ = self.remove_with_volumes(&id, true, true).await;
+            return Err(error);
+        }
         Ok(info)
     }
 
@@ -408,6 +473,8 @@ impl Engine {
         if status == "running" || status == "paused" {
             return Ok(entry.info.clone());
         }
+        // A copy into the stopped container mounts its upper dir: never both at once.
+        let _launching = self.fs_ops.begin_start(&id)?;
         entry.stopped_by_user = false;
         entry.exited.send_replace(None);
         let info = entry.info.clone();
@@ -434,6 +501,8 @@ impl Engine {
                 self.records.save(&entry.info)?;
                 let info = entry.info.clone();
                 drop(table);
+                // Those that came in line while the shim was being set up.
+                self.serve_pending_attaches(&id, &client).await;
                 self.spawn_waiter(id, client);
                 Ok(info)
             }
@@ -446,6 +515,7 @@ impl Engine {
                 let _ = self.records.save(&entry.info);
                 drop(table);
                 self.cleanup_runtime(&id);
+                self.volumes.release(&id);
                 Err(error)
             }
         }
@@ -489,10 +559,21 @@ impl Engine {
             "host" => NetworkMode::Host,
             _ => NetworkMode::None,
         };
-        let mut mounts = Vec::new();
+        // Volumes come resolved from create; tmpfs-backed ones get mounted for this run.
+        let mut mounts = self.volume_mounts(&id, &info.mounts)?;
         for mount in &spec.mounts {
-            mounts.push(mount_config(mount)?);
+            if mount.kind() != shoal_api::v1::mount_spec::Kind::Volume {
+                mounts.push(mount_config(mount)?);
+            }
         }
+        // Parents before children, as Docker orders them, so `/data/cache` lands inside `/data`.
+        mounts.sort_by_key(|m| {
+            let target = match m {
+                shoal_runtime::spec::MountConfig::Bind { target, .. }
+                | shoal_runtime::spec::MountConfig::Tmpfs { target, .. } => target,
+            };
+            target.components().count()
+        });
         let user = if spec.user.is_empty() {
             image_config.user().clone().filter(|u| !u.is_empty())
         } else {
@@ -544,6 +625,15 @@ impl Engine {
                 max_files: self.config.log_max_files.max(1),
             },
             tty: spec.tty,
+            open_stdin: spec.open_stdin,
+            console_size: spec
+                .console_size
+                .as_ref()
+                .filter(|s| spec.tty && s.rows > 0 && s.cols > 0)
+                .map(|s| {
+                    let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+                    (clamp(s.rows), clamp(s.cols))
+                }),
             socket: self.socket_path(&id),
             exit_timeout: Duration::from_secs(300),
         };
@@ -606,6 +696,8 @@ impl Engine {
                 }
             }
         }
+        // Attached clients are connected before the container runs: they miss none of it.
+        self.serve_pending_attaches(&id, &client).await;
         let starter = client.clone();
         if let Err(error) = tokio::task::spawn_blocking(move || starter.start())
             .await
@@ -648,6 +740,7 @@ impl Engine {
             tracing::warn!(container = %id, %error, "detaching from the bridge failed");
         }
         self.cleanup_runtime(id);
+        self.volumes.release(id);
         let mut table = self.containers.lock().await;
         let Some(entry) = table.get_mut(id) else {
             return;
@@ -667,6 +760,13 @@ impl Engine {
         let policy = spec.restart_policy.unwrap_or_default();
         let stopped_by_user = entry.stopped_by_user;
         let attached = entry.attached.clone();
+        let run_time = entry.info.state.as_ref().and_then(|s| {
+            let started = std::time::SystemTime::try_from(s.started_at?).ok()?;
+            let finished = std::time::SystemTime::try_from(s.finished_at?).ok()?;
+            finished.duration_since(started).ok()
+        });
+        entry.restart_delay = next_restart_delay(entry.restart_delay, run_time);
+        let delay = entry.restart_delay;
         drop(table);
         tracing::info!(container = %id, exit_code, "container exited");
         if spec.auto_remove {
@@ -677,7 +777,8 @@ impl Engine {
             {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            let _ = self.remove(id, true).await;
+            // Like Docker's --rm, its anonymous volumes go with it.
+            let _ = self.remove_with_volumes(id, true, true).await;
             return;
         }
         let restart = !stopped_by_user
@@ -691,8 +792,6 @@ impl Engine {
                 _ => false,
             };
         if restart {
-            // Docker's back-off: 100 ms doubling, capped; reset is not needed for a slice.
-            let delay = Duration::from_millis(100u64 << restarts.min(9));
             let engine = self.clone();
             let id = id.to_owned();
             tokio::spawn(async move {
@@ -834,7 +933,18 @@ impl Engine {
     }
 
     pub async fn remove(&self, reference: &str, force: bool) -> Result<(), EngineError> {
-        let (id, client) = {
+        self.remove_with_volumes(reference, force, false).await
+    }
+
+    /// Removes a container; with `volumes` (`rm -v`), also its anonymous volumes that no
+    /// other container uses. Named volumes always stay.
+    pub async fn remove_with_volumes(
+        &self,
+        reference: &str,
+        force: bool,
+        volumes: bool,
+    ) -> Result<(), EngineError> {
+        let (id, client, mounts) = {
             let mut table = self.containers.lock().await;
             let id = resolve_in(&table, reference)?;
             let entry = table.get_mut(&id).expect("resolved");
@@ -846,18 +956,29 @@ impl Engine {
                 )));
             }
             entry.stopped_by_user = true;
-            (id, entry.shim.clone())
+            (id, entry.shim.clone(), entry.info.mounts.clone())
         };
         if let Some(client) = client {
+            let mut exited = self.exit_watch(&id).await;
             let _ = tokio::task::spawn_blocking(move || client.shutdown(true)).await;
+            // The waiter records the exit in the container's directory (and would create it
+            // again): let it finish before the directory goes.
+            if let Some(exited) = exited.as_mut() {
+                let recorded = exited.wait_for(|code| code.is_some());
+                let _ = tokio::time::timeout(Duration::from_secs(10), recorded).await;
+            }
         }
         if let Some(net) = &self.network {
             let _ = net.detach(&id).await;
         }
         self.cleanup_runtime(&id);
+        self.volumes.release(&id);
         let _ = std::fs::remove_dir_all(self.container_exec_dir(&id));
         self.records.remove(&id)?;
         self.containers.lock().await.remove(&id);
+        if volumes {
+            self.remove_anonymous_volumes(&mounts).await;
+        }
         Ok(())
     }
 
@@ -976,6 +1097,23 @@ fn resolve_in(table: &HashMap<String, Entry>, reference: &str) -> Result<String,
     }
 }
 
+/// A run at least this long counts as healthy and resets the restart back-off.
+const HEALTHY_RUN: Duration = Duration::from_secs(10);
+const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(60);
+
+/// Docker's restart back-off: 100 ms after a healthy run (or the first exit), doubling after
+/// each run shorter than [`HEALTHY_RUN`], capped at a minute, so a crash loop neither spins the
+/// host nor leaves a recovered service waiting minutes after its next failure.
+fn next_restart_delay(previous: Duration, run_time: Option<Duration>) -> Duration {
+    let healthy = run_time.is_none_or(|t| t >= HEALTHY_RUN);
+    if healthy || previous.is_zero() {
+        FIRST_RESTART_DELAY
+    } else {
+        (previous * 2).min(MAX_RESTART_DELAY)
+    }
+}
+
 fn settle_exit(info: &mut ContainerInfo, exit: Option<&ExitRecord>) {
     let state = info.state.get_or_insert_with(Default::default);
     state.status = "exited".into();
@@ -1075,10 +1213,19 @@ fn mount_config(
                 )));
             }
             if !Path::new(&mount.source).exists() {
-                return Err(EngineError::InvalidArgument(format!(
-                    "bind source path does not exist: {}",
-                    mount.source
-                )));
+                if !mount.create_source {
+                    return Err(EngineError::InvalidArgument(format!(
+                        "invalid mount config for type \"bind\": bind source path does not exist: {}",
+                        mount.source
+                    )));
+                }
+                // `-v /host/path:/path` makes a missing host directory, as Docker does.
+                std::os::unix::fs::DirBuilderExt::mode(
+                    std::fs::DirBuilder::new().recursive(true),
+                    0o755,
+                )
+                .create(&mount.source)
+                .map_err(|e| EngineError::io("create", Path::new(&mount.source), e))?;
             }
             Ok(MountConfig::Bind {
                 source: mount.source.clone().into(),
@@ -1086,8 +1233,9 @@ fn mount_config(
                 readonly: mount.read_only,
             })
         }
-        Kind::Volume => Err(EngineError::InvalidArgument(
-            "named volumes are not supported yet: use a bind mount (-v /host/path:/path)".into(),
+        // Resolved at create to a volume's directory; see `Engine::volume_mounts`.
+        Kind::Volume => Err(EngineError::Internal(
+            "a volume mount reached the bind/tmpfs path unresolved".into(),
         )),
     }
 }
@@ -1117,6 +1265,27 @@ fn parse_signal(text: &str) -> Result<i32, EngineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restart_backoff_doubles_on_quick_exits_and_resets_after_a_healthy_run() {
+        let quick = Some(Duration::from_secs(1));
+        let mut delay = next_restart_delay(Duration::ZERO, quick);
+        assert_eq!(delay, Duration::from_millis(100));
+        for expected in [200, 400, 800] {
+            delay = next_restart_delay(delay, quick);
+            assert_eq!(delay, Duration::from_millis(expected));
+        }
+        for _ in 0..20 {
+            delay = next_restart_delay(delay, quick);
+        }
+        assert_eq!(delay, Duration::from_secs(60));
+        delay = next_restart_delay(delay, Some(Duration::from_secs(10)));
+        assert_eq!(delay, Duration::from_millis(100));
+        assert_eq!(
+            next_restart_delay(Duration::from_secs(5), None),
+            Duration::from_millis(100)
+        );
+    }
 
     #[test]
     fn signals() {

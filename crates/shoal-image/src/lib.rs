@@ -25,8 +25,11 @@
 //! `shoal run` use it alike.
 
 mod changes;
+mod commit;
 mod compression;
+mod confined;
 mod content;
+mod diff;
 mod digest;
 mod error;
 mod fsutil;
@@ -37,13 +40,17 @@ mod limits;
 mod load;
 mod platform;
 mod reference;
+pub mod registry;
 mod save;
 mod store;
 mod types;
 mod unpack;
 
+pub use commit::CommitOptions;
 pub use compression::Compression;
+pub use confined::{ArchiveSource, ConfinedRoot, ExtractOptions, ExtractStats, FsError, PathStat};
 pub use content::{BlobWriter, Committed, ContentStore};
+pub use diff::{Change, ChangeKind, changes};
 pub use digest::{Digest, chain_id, chain_ids};
 pub use error::{ImageError, Result};
 pub use layers::LayerMeta;

@@ -548,6 +548,23 @@ impl ImageStore {
         if let (Some(r), Some(key)) = (&by_name, explicit_key) {
             index.refs.remove(&key);
             out.push(Removed::Untagged(r.familiar()));
+            // As Docker: once a repository's last tag goes, its digest references (recorded
+            // by pulls) go too, or `rmi name:tag` would leave a pulled image behind.
+            let remaining = index.refs_of(&id);
+            let same_repo = |o: &Reference| o.repository() == r.repository();
+            if r.digest().is_none()
+                && !remaining
+                    .iter()
+                    .any(|o| o.digest().is_none() && same_repo(o))
+            {
+                for d in remaining
+                    .iter()
+                    .filter(|o| o.digest().is_some() && same_repo(o))
+                {
+                    index.refs.remove(&d.to_string());
+                    out.push(Removed::Untagged(d.familiar()));
+                }
+            }
         } else {
             let refs = index.refs_of(&id);
             let tags: Vec<&Reference> = refs.iter().filter(|r| r.digest().is_none()).collect();

@@ -100,9 +100,22 @@ pub struct ExecArgs {
     /// uid[:gid].
     #[arg(long, short = 'u')]
     pub user: Option<String>,
+    /// The pty's size from the start, ROWSxCOLS (with --tty).
+    #[arg(long, value_name = "ROWSxCOLS", value_parser = parse_console_size)]
+    pub console_size: Option<(u16, u16)>,
+    /// Stdin carries attach frames (input, resize) rather than raw input (with --tty; this is
+    /// how the daemon resizes an exec's terminal).
+    #[arg(long)]
+    pub stdin_frames: bool,
     pub id: String,
     #[arg(trailing_var_arg = true, required = true)]
     pub args: Vec<String>,
+}
+
+fn parse_console_size(text: &str) -> Result<(u16, u16), String> {
+    text.split_once('x')
+        .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)))
+        .ok_or_else(|| format!("{text:?} is not ROWSxCOLS"))
 }
 
 /// Errors of the command line.
@@ -256,46 +269,104 @@ fn exec_cmd(root: &Path, e: &ExecArgs) -> Result<i32, CliError> {
         let pid = exec::exec(&container, &process, Stdio::Inherit)?;
         return Ok(exec::exit_code(waitpid(pid, None)?));
     }
-    let pty = nix::pty::openpty(None, None)?;
+    let size = e.console_size.map(|(rows, cols)| nix::pty::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    });
+    let pty = nix::pty::openpty(size.as_ref(), None)?;
     let pid = exec::exec(&container, &process, Stdio::Tty { slave: pty.slave })?;
-    relay_pty(&pty.master);
+    relay_pty(&pty.master, e.stdin_frames);
     Ok(exec::exit_code(waitpid(pid, None)?))
 }
 
-/// Copies our stdin to the pty and the pty to our stdout until the pty closes.
-fn relay_pty(master: &std::os::fd::OwnedFd) {
+/// Copies our stdin to the pty (decoding attach frames when `frames`) and the pty to our
+/// stdout until the pty closes. The master is non-blocking with a buffer in front, so a process
+/// that does not read its input cannot stop its output from flowing.
+fn relay_pty(master: &std::os::fd::OwnedFd, frames: bool) {
+    use nix::errno::Errno;
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+    use crate::shim::attach::{Frame, FrameDecoder};
+
+    if let Ok(bits) = fcntl(master, FcntlArg::F_GETFL) {
+        let _ = fcntl(
+            master,
+            FcntlArg::F_SETFL(OFlag::from_bits_truncate(bits) | OFlag::O_NONBLOCK),
+        );
+    }
     let stdin = std::io::stdin();
     let mut stdin_open = true;
-    let mut buf = [0u8; 8192];
+    let mut decoder = FrameDecoder::default();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
     loop {
-        let mut fds = vec![PollFd::new(master.as_fd(), PollFlags::POLLIN)];
-        if stdin_open {
+        let mut master_events = PollFlags::POLLIN;
+        if !pending.is_empty() {
+            master_events |= PollFlags::POLLOUT;
+        }
+        let reading = stdin_open && pending.len() < 64 * 1024;
+        let mut fds = vec![PollFd::new(master.as_fd(), master_events)];
+        if reading {
             fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
         }
-        if poll(&mut fds, PollTimeout::NONE).is_err() {
-            return;
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => return,
         }
-        let ready: Vec<bool> = fds
+        let events: Vec<PollFlags> = fds
             .iter()
-            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .map(|f| f.revents().unwrap_or(PollFlags::empty()))
             .collect();
-        if ready[0] {
+        if events[0].intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
             match nix::unistd::read(master, &mut buf) {
-                Ok(0) | Err(_) => return,
+                // EIO: every holder of the slave is gone.
+                Ok(0) => return,
                 Ok(n) => {
                     let mut out = std::io::stdout();
-                    let _ = out.write_all(&buf[..n]);
-                    let _ = out.flush();
+                    if out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+                        return;
+                    }
                 }
+                Err(Errno::EAGAIN | Errno::EINTR) => {}
+                Err(_) => return,
             }
         }
-        if stdin_open && ready.get(1) == Some(&true) {
-            match nix::unistd::read(stdin.as_fd(), &mut buf) {
-                Ok(0) | Err(_) => stdin_open = false,
+        if events[0].contains(PollFlags::POLLOUT) {
+            match nix::unistd::write(master, &pending) {
                 Ok(n) => {
-                    let _ = nix::unistd::write(master, &buf[..n]);
+                    pending.drain(..n);
                 }
+                Err(Errno::EAGAIN | Errno::EINTR) => {}
+                Err(_) => pending.clear(),
+            }
+        }
+        if events.get(1).is_some_and(|r| !r.is_empty()) {
+            match nix::unistd::read(stdin.as_fd(), &mut buf) {
+                Ok(0) => stdin_open = false,
+                Ok(n) if !frames => pending.extend_from_slice(&buf[..n]),
+                Ok(n) => {
+                    decoder.push(&buf[..n]);
+                    loop {
+                        match decoder.next_frame() {
+                            Ok(Some(Frame::Stdin(data))) => pending.extend_from_slice(&data),
+                            Ok(Some(Frame::Resize { rows, cols })) => {
+                                let _ = crate::shim::server::set_winsize(master, rows, cols);
+                            }
+                            // A terminal's input ends with the ^D typed on it, not here.
+                            Ok(Some(_)) => {}
+                            Ok(None) => break,
+                            Err(_) => {
+                                stdin_open = false;
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(Errno::EAGAIN | Errno::EINTR) => {}
+                Err(_) => stdin_open = false,
             }
         }
     }

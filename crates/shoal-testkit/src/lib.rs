@@ -3,6 +3,7 @@
 //! Everything it makes lives under one temporary directory that is removed afterwards.
 
 pub mod images;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

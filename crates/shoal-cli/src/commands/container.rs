@@ -9,7 +9,7 @@ use serde::Serialize;
 use shoal_api::v1::{self, ContainerInfo, mount_spec, stdio_input};
 use time::OffsetDateTime;
 
-use crate::attach::{Session, exit_status};
+use crate::attach::{Ended, Session, exit_status};
 use crate::daemon::{Daemon, Lifecycle};
 use crate::error::io_reason;
 use crate::format::container::{
@@ -20,7 +20,7 @@ use crate::format::time::{ago, rfc3339, rfc3339_nano_fixed};
 use crate::format::units::{bytes_size, human_size};
 use crate::format::{JsonFormat, ListFormat, write_json_lines, write_json_pretty};
 use crate::parse::container as pc;
-use crate::stdio::Stdio;
+use crate::stdio::{Stdio, terminal_size};
 use crate::{CliError, GlobalArgs};
 
 #[derive(Debug, clap::Args)]
@@ -87,6 +87,9 @@ pub struct ExecArgs {
     /// Give extended privileges to the command
     #[arg(long)]
     privileged: bool,
+    /// Override the key sequence for detaching a container (default ctrl-p,ctrl-q)
+    #[arg(long, value_name = "KEYS")]
+    detach_keys: Option<String>,
     /// The container, then the command and its arguments (flags after CONTAINER are the
     /// command's)
     #[arg(
@@ -477,6 +480,7 @@ pub(crate) async fn exec(
     if args.tty && args.interactive && !io.stdin_tty {
         return Err(CliError::usage("the input device is not a TTY"));
     }
+    let keys = crate::attach::detach_keys(args.detach_keys.as_deref().unwrap_or_default())?;
     let mut daemon = Daemon::connect(&global.host).await?;
     let session = Session {
         first: stdio_input::Input::Exec(v1::ExecSpec {
@@ -488,19 +492,28 @@ pub(crate) async fn exec(
             tty: args.tty,
             open_stdin: args.interactive,
             privileged: args.privileged,
+            console_size: if args.tty && io.input.is_process() {
+                terminal_size()
+            } else {
+                None
+            },
         }),
         stdin: args.interactive,
         tty: args.tty,
         start: None,
         sig_proxy: None,
+        detach_keys: keys,
+        close_stdin: true,
     };
-    let code = session
-        .run(&mut daemon, io)
-        .await?
-        .ok_or(CliError::Protocol(
+    match session.run(&mut daemon, io).await? {
+        Ended::Exited(code) => Ok(exit_status(code)),
+        Ended::Closed => Err(CliError::Protocol(
             "the exec stream ended without an exit code",
-        ))?;
-    Ok(exit_status(code))
+        )),
+        // The process runs on, as after `docker exec -it` and the detach keys.
+        Ended::Detached => Ok(0),
+        Ended::Signal(number) => Ok(exit_status(128 + number)),
+    }
 }
 
 // wait --------------------------------------------------------------------------------------
@@ -620,8 +633,28 @@ struct MountView {
     name: Option<String>,
     source: String,
     destination: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    driver: Option<String>,
     #[serde(rename = "RW")]
     rw: bool,
+}
+
+impl MountView {
+    /// A mount as the daemon resolved it at create (volumes by name and host directory).
+    fn resolved(mount: &v1::ContainerMount) -> Self {
+        MountView {
+            kind: match mount.r#type.as_str() {
+                "volume" => "volume",
+                "tmpfs" => "tmpfs",
+                _ => "bind",
+            },
+            name: (!mount.name.is_empty()).then(|| mount.name.clone()),
+            source: mount.source.clone(),
+            destination: mount.destination.clone(),
+            driver: (!mount.driver.is_empty()).then(|| mount.driver.clone()),
+            rw: mount.rw,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -717,22 +750,27 @@ impl ContainerView {
                 format!("{}:{}{ro}", m.source, m.target)
             })
             .collect();
-        let mounts = spec
-            .mounts
-            .iter()
-            .map(|m| MountView {
-                kind: match m.kind() {
-                    mount_spec::Kind::Bind => "bind",
-                    mount_spec::Kind::Volume => "volume",
-                    mount_spec::Kind::Tmpfs => "tmpfs",
-                },
-                name: (m.kind() == mount_spec::Kind::Volume && !m.source.is_empty())
-                    .then(|| m.source.clone()),
-                source: m.source.clone(),
-                destination: m.target.clone(),
-                rw: !m.read_only,
-            })
-            .collect();
+        // Containers created before mounts were recorded show what their spec asked for.
+        let mounts = if !info.mounts.is_empty() {
+            info.mounts.iter().map(MountView::resolved).collect()
+        } else {
+            spec.mounts
+                .iter()
+                .map(|m| MountView {
+                    kind: match m.kind() {
+                        mount_spec::Kind::Bind => "bind",
+                        mount_spec::Kind::Volume => "volume",
+                        mount_spec::Kind::Tmpfs => "tmpfs",
+                    },
+                    name: (m.kind() == mount_spec::Kind::Volume && !m.source.is_empty())
+                        .then(|| m.source.clone()),
+                    source: m.source.clone(),
+                    destination: m.target.clone(),
+                    driver: None,
+                    rw: !m.read_only,
+                })
+                .collect()
+        };
         let restart = spec.restart_policy.clone().unwrap_or_default();
         let name = info.name.strip_prefix('/').unwrap_or(&info.name);
         ContainerView {
@@ -1047,6 +1085,7 @@ mod tests {
                         target: "/usr/share/nginx/html".into(),
                         read_only: true,
                         tmpfs_size_bytes: 0,
+                        ..Default::default()
                     },
                     v1::MountSpec {
                         kind: mount_spec::Kind::Tmpfs as i32,
@@ -1054,6 +1093,7 @@ mod tests {
                         target: "/run".into(),
                         read_only: false,
                         tmpfs_size_bytes: 0,
+                        ..Default::default()
                     },
                 ],
                 restart_policy: Some(v1::RestartPolicySpec {
@@ -1100,6 +1140,7 @@ mod tests {
                 "-g".into(),
                 "daemon off;".into(),
             ],
+            mounts: Vec::new(),
         }
     }
 

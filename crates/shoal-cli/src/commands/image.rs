@@ -1,6 +1,7 @@
-//! `commands/image.rs`: `shoal image ls|rm|inspect|tag|history|load|save|import|prune` and
-//! their top-level aliases (`images`, `rmi`, `tag`, `load`, `save`, `import`, `history`), with
-//! Docker's tables, sizes, inspect shape and messages. Tarballs stream in 1 MiB chunks.
+//! `commands/image.rs`: `shoal image ls|rm|inspect|tag|history|load|save|import|prune|pull|push`
+//! and their top-level aliases (`images`, `rmi`, `tag`, `load`, `save`, `import`, `history`,
+//! `pull`, `push`), with Docker's tables, sizes, inspect shape, progress and messages. Tarballs
+//! stream in 1 MiB chunks; pulls and pushes carry the stored credentials of the image's registry.
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -9,9 +10,12 @@ use serde::Serialize;
 use shoal_api::v1::{self, ImageSummary};
 use time::OffsetDateTime;
 
+use crate::commands::Out;
+use crate::credentials::{ConfigFile, config_path, registry_of};
 use crate::daemon::Daemon;
 use crate::error::io_reason;
 use crate::format::container::{ellipsis, short_id};
+use crate::format::progress::ProgressDisplay;
 use crate::format::table::Table;
 use crate::format::time::{ago, rfc3339};
 use crate::format::units::human_size;
@@ -46,6 +50,10 @@ pub enum ImageCommand {
     Import(ImportArgs),
     /// Remove unused images
     Prune(PruneArgs),
+    /// Download an image from a registry
+    Pull(PullArgs),
+    /// Upload an image to a registry
+    Push(PushArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -147,6 +155,26 @@ pub struct ImportArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct PullArgs {
+    /// Suppress verbose output
+    #[arg(short, long)]
+    quiet: bool,
+    /// The image: NAME[:TAG|@DIGEST]
+    #[arg(value_name = "NAME[:TAG|@DIGEST]")]
+    image: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PushArgs {
+    /// Suppress verbose output
+    #[arg(short, long)]
+    quiet: bool,
+    /// The image: NAME[:TAG]
+    #[arg(value_name = "NAME[:TAG]")]
+    image: String,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct PruneArgs {
     /// Do not prompt for confirmation
     #[arg(short, long)]
@@ -172,6 +200,8 @@ pub(crate) async fn run(
         ImageCommand::Save(args) => save(global, args, io).await,
         ImageCommand::Import(args) => import(global, args, io).await,
         ImageCommand::Prune(args) => prune(global, args, io).await,
+        ImageCommand::Pull(args) => pull(global, args, io).await,
+        ImageCommand::Push(args) => push(global, args, io).await,
     }
 }
 
@@ -561,6 +591,108 @@ async fn import(global: &GlobalArgs, args: ImportArgs, io: &mut Stdio<'_>) -> Re
     let chunks = read_chunks(reader, CHUNK_SIZE);
     let image = daemon.import_image(spec, chunks, &source).await?;
     writeln!(io.out, "{}", image.id)?;
+    Ok(0)
+}
+
+// pull, push --------------------------------------------------------------------------------
+
+/// Whether a reference names a tag or digest (Docker says which tag it assumes otherwise).
+fn has_tag_or_digest(image: &str) -> bool {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    image.contains('@') || last.contains(':')
+}
+
+/// `busybox` → `busybox:latest`, as Docker names what it could not find.
+pub(crate) fn with_default_tag(image: &str) -> String {
+    if has_tag_or_digest(image) {
+        image.to_owned()
+    } else {
+        format!("{image}:latest")
+    }
+}
+
+/// The stored credentials for the registry `image` lives in, if any.
+fn stored_auth(image: &str) -> Result<Option<v1::RegistryAuth>, CliError> {
+    let file = ConfigFile::load(&config_path()?)?;
+    Ok(file.get(&registry_of(image)).map(|c| v1::RegistryAuth {
+        username: c.username,
+        password: c.password,
+        registry_token: String::new(),
+    }))
+}
+
+/// Pulls `image`, showing Docker's progress on `out` (unless `quiet`); returns the result.
+pub(crate) async fn pull_with_progress(
+    daemon: &mut Daemon,
+    image: &str,
+    quiet: bool,
+    tty: bool,
+    out: Out<'_>,
+) -> Result<v1::PulledImage, CliError> {
+    if !quiet && !has_tag_or_digest(image) {
+        writeln!(out, "Using default tag: latest")?;
+    }
+    let auth = stored_auth(image)?;
+    let mut stream = daemon.pull_image(image, auth).await?;
+    let mut display = ProgressDisplay::new(tty);
+    let mut pulled = None;
+    while let Some(message) = stream.message().await.map_err(|s| daemon.fail(s))? {
+        if let Some(result) = message.pulled {
+            pulled = Some(result);
+        } else if !quiet {
+            display.show(out, &message)?;
+        }
+    }
+    let pulled = pulled.ok_or(CliError::Protocol("the pull ended without a result"))?;
+    if !quiet {
+        writeln!(out, "Digest: {}", pulled.digest)?;
+        if pulled.downloaded_newer {
+            writeln!(
+                out,
+                "Status: Downloaded newer image for {}",
+                pulled.familiar
+            )?;
+        } else {
+            writeln!(out, "Status: Image is up to date for {}", pulled.familiar)?;
+        }
+    }
+    Ok(pulled)
+}
+
+async fn pull(global: &GlobalArgs, args: PullArgs, io: &mut Stdio<'_>) -> Result<u8, CliError> {
+    let mut daemon = Daemon::connect(&global.host).await?;
+    let pulled =
+        pull_with_progress(&mut daemon, &args.image, args.quiet, io.stdout_tty, io.out).await?;
+    writeln!(io.out, "{}", pulled.reference)?;
+    Ok(0)
+}
+
+async fn push(global: &GlobalArgs, args: PushArgs, io: &mut Stdio<'_>) -> Result<u8, CliError> {
+    if !args.quiet && !has_tag_or_digest(&args.image) {
+        writeln!(io.out, "Using default tag: latest")?;
+    }
+    let auth = stored_auth(&args.image)?;
+    let mut daemon = Daemon::connect(&global.host).await?;
+    let mut stream = daemon.push_image(&args.image, auth).await?;
+    let mut display = ProgressDisplay::new(io.stdout_tty);
+    let mut pushed = None;
+    while let Some(message) = stream.message().await.map_err(|s| daemon.fail(s))? {
+        if let Some(result) = message.pushed {
+            pushed = Some(result);
+        } else if !args.quiet {
+            display.show(io.out, &message)?;
+        }
+    }
+    let pushed = pushed.ok_or(CliError::Protocol("the push ended without a result"))?;
+    if args.quiet {
+        writeln!(io.out, "{}", with_default_tag(&args.image))?;
+    } else {
+        writeln!(
+            io.out,
+            "{}: digest: {} size: {}",
+            pushed.tag, pushed.digest, pushed.size
+        )?;
+    }
     Ok(0)
 }
 

@@ -4,11 +4,14 @@
 
 pub mod config;
 pub mod container;
+pub mod filesystem;
 pub mod image;
 pub mod info;
 pub mod node;
+pub mod registry;
 pub mod run;
 pub mod swarm;
+pub mod volume;
 
 use std::io::Write;
 
@@ -68,6 +71,14 @@ pub enum Command {
     Stats(container::StatsArgs),
     /// List port mappings or a specific mapping for the container
     Port(container::PortArgs),
+    /// Copy files/folders between a container and the local filesystem
+    Cp(filesystem::CpArgs),
+    /// Inspect changes to files or directories on a container's filesystem
+    Diff(filesystem::DiffArgs),
+    /// Export a container's filesystem as a tar archive
+    Export(filesystem::ExportArgs),
+    /// Create a new image from a container's changes
+    Commit(filesystem::CommitArgs),
     /// Manage containers
     #[command(subcommand)]
     Container(ContainerCommand),
@@ -88,6 +99,17 @@ pub enum Command {
     Save(image::SaveArgs),
     /// Import the contents from a tarball to create a filesystem image
     Import(image::ImportArgs),
+    /// Download an image from a registry
+    Pull(image::PullArgs),
+    /// Upload an image to a registry
+    Push(image::PushArgs),
+    /// Log in to a registry
+    Login(registry::LoginArgs),
+    /// Log out from a registry
+    Logout(registry::LogoutArgs),
+    /// Manage volumes
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
     /// Manage the swarm
     #[command(subcommand)]
     Swarm(swarm::SwarmCommand),
@@ -106,15 +128,23 @@ pub enum Command {
 pub enum ContainerCommand {
     /// Attach local standard input, output, and error streams to a running container
     Attach(run::AttachArgs),
+    /// Create a new image from a container's changes
+    Commit(filesystem::CommitArgs),
+    /// Copy files/folders between a container and the local filesystem
+    Cp(filesystem::CpArgs),
     /// Create a new container
     #[command(
         disable_help_flag = true,
         override_usage = "shoal container create [OPTIONS] IMAGE [COMMAND] [ARG...]"
     )]
     Create(Box<run::CreateArgs>),
+    /// Inspect changes to files or directories on a container's filesystem
+    Diff(filesystem::DiffArgs),
     /// Execute a command in a running container
     #[command(override_usage = "shoal container exec [OPTIONS] CONTAINER COMMAND [ARG...]")]
     Exec(container::ExecArgs),
+    /// Export a container's filesystem as a tar archive
+    Export(filesystem::ExportArgs),
     /// Display detailed information on one or more containers
     Inspect(container::InspectArgs),
     /// Kill one or more running containers
@@ -157,6 +187,10 @@ impl From<ContainerCommand> for Command {
     fn from(command: ContainerCommand) -> Self {
         match command {
             ContainerCommand::Attach(a) => Command::Attach(a),
+            ContainerCommand::Commit(a) => Command::Commit(a),
+            ContainerCommand::Cp(a) => Command::Cp(a),
+            ContainerCommand::Diff(a) => Command::Diff(a),
+            ContainerCommand::Export(a) => Command::Export(a),
             ContainerCommand::Create(a) => Command::Create(a),
             ContainerCommand::Exec(a) => Command::Exec(a),
             ContainerCommand::Inspect(a) => Command::Inspect(a),
@@ -225,6 +259,10 @@ pub(crate) async fn run_to(
         Command::Top(args) => container::top(global, args, io).await,
         Command::Stats(args) => container::stats(global, args, io).await,
         Command::Port(args) => container::port(global, args, io).await,
+        Command::Cp(args) => filesystem::cp(global, args, io).await,
+        Command::Diff(args) => filesystem::diff(global, args, io).await,
+        Command::Export(args) => filesystem::export(global, args, io).await,
+        Command::Commit(args) => filesystem::commit(global, args, io).await,
         Command::Container(_) => unreachable!("container verbs are mapped to top-level ones above"),
         Command::Image(cmd) => image::run(global, cmd, io).await,
         Command::Images(args) => image::run(global, image::ImageCommand::Ls(args), io).await,
@@ -234,6 +272,11 @@ pub(crate) async fn run_to(
         Command::Load(args) => image::run(global, image::ImageCommand::Load(args), io).await,
         Command::Save(args) => image::run(global, image::ImageCommand::Save(args), io).await,
         Command::Import(args) => image::run(global, image::ImageCommand::Import(args), io).await,
+        Command::Pull(args) => image::run(global, image::ImageCommand::Pull(args), io).await,
+        Command::Push(args) => image::run(global, image::ImageCommand::Push(args), io).await,
+        Command::Login(args) => registry::login(global, args, io).await,
+        Command::Logout(args) => registry::logout(args, io).await,
+        Command::Volume(cmd) => volume::run(global, cmd, io).await,
         Command::Swarm(cmd) => done(swarm::run(global, cmd, io.out).await),
         Command::Node(cmd) => done(node::run(global, cmd, io.out).await),
         Command::Config(cmd) => done(config::run(global, cmd, io.out).await),
@@ -356,6 +399,15 @@ mod tests {
             &["import", "-c", "RUN make", "rootfs.tar"],
             &["image", "rm"],
             &["tag", "only-one"],
+            &["cp", "only-one"],
+            &["commit"],
+            &["commit", "-c", "RUN make", "web"],
+            &["commit", "--pause=maybe", "web"],
+            &["export"],
+            &["pull"],
+            &["push", "a", "b"],
+            &["login", "-p", "x", "--password-stdin", "-u", "me"],
+            &["run", "--pull", "sometimes", "alpine"],
             &["container", "ls", "--bogus"],
         ] {
             assert_eq!(usage(args), 2, "{args:?}");
@@ -422,6 +474,67 @@ mod tests {
                 "base:1",
             ],
             &["image", "prune", "-f"],
+            &["cp", "-a", "web:/etc/passwd", "."],
+            &["cp", "-", "web:/tmp"],
+            &["cp", "web:/var/log", "-"],
+            &["container", "cp", "-L", "-q", "./x:y", "web:/x"],
+            &["diff", "web"],
+            &["container", "diff", "web"],
+            &["export", "-o", "out.tar", "web"],
+            &["container", "export", "web"],
+            &[
+                "commit",
+                "-m",
+                "msg",
+                "-a",
+                "me",
+                "-c",
+                "CMD [\"sh\"]",
+                "--pause=false",
+                "web",
+                "img:1",
+            ],
+            &["container", "commit", "-p", "web"],
+            &["pull", "-q", "busybox"],
+            &["image", "pull", "localhost:5000/app@sha256:abc"],
+            &["push", "localhost:5000/app:1"],
+            &["image", "push", "-q", "app"],
+            &["login", "-u", "me", "--password-stdin", "localhost:5000"],
+            &["login", "-u", "me", "-p", "secret"],
+            &["logout", "localhost:5000"],
+            &["logout"],
+            &["run", "--pull", "always", "--rm", "alpine"],
+            &["create", "--pull=never", "alpine"],
+            &[
+                "volume",
+                "create",
+                "--label",
+                "a=b",
+                "-o",
+                "type=tmpfs",
+                "data",
+            ],
+            &["volume", "create"],
+            &[
+                "volume",
+                "ls",
+                "-q",
+                "-f",
+                "dangling=true",
+                "--filter",
+                "label=a",
+            ],
+            &["volume", "list", "--format", "json"],
+            &["volume", "inspect", "data", "logs"],
+            &["volume", "rm", "-f", "data"],
+            &["volume", "prune", "-af"],
+            &["run", "--rm", "-v", "data:/data:ro,nocopy", "alpine"],
+            &[
+                "run",
+                "--mount",
+                "type=volume,source=data,target=/data,readonly,volume-nocopy",
+                "alpine",
+            ],
         ] {
             parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }

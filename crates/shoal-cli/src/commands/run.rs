@@ -8,11 +8,12 @@ use clap::ArgAction;
 use shoal_api::v1::{self, ContainerSpec, MountSpec, RestartPolicySpec, stdio_input};
 use shoal_api::validate;
 
-use crate::attach::{Session, exit_status};
+use crate::attach::{Ended, Session, detach_keys, exit_status, status_after};
+use crate::commands::image;
 use crate::daemon::{Daemon, Lifecycle};
 use crate::error::io_reason;
 use crate::parse::{self, container as pc};
-use crate::stdio::Stdio;
+use crate::stdio::{Stdio, terminal_size};
 use crate::{CliError, GlobalArgs};
 
 /// The flags `run` and `create` share: everything that goes into the container's spec.
@@ -96,6 +97,9 @@ pub struct ContainerOptions {
     /// Set metadata on a container
     #[arg(short, long, value_name = "KEY=VALUE", value_parser = parse::label)]
     label: Vec<(String, String)>,
+    /// Pull the image before creating the container: always, missing or never
+    #[arg(long, value_enum, value_name = "POLICY", default_value_t = PullPolicy::Missing)]
+    pull: PullPolicy,
     /// Print help (-h is --hostname, as in Docker)
     #[arg(long, action = ArgAction::Help)]
     help: Option<bool>,
@@ -125,6 +129,9 @@ pub struct RunArgs {
         action = ArgAction::Set
     )]
     sig_proxy: bool,
+    /// Override the key sequence for detaching a container (default ctrl-p,ctrl-q)
+    #[arg(long, value_name = "KEYS")]
+    detach_keys: Option<String>,
     #[command(flatten)]
     options: ContainerOptions,
 }
@@ -143,6 +150,9 @@ pub struct StartArgs {
     /// Attach container's STDIN
     #[arg(short, long)]
     interactive: bool,
+    /// Override the key sequence for detaching a container (default ctrl-p,ctrl-q)
+    #[arg(long, value_name = "KEYS")]
+    detach_keys: Option<String>,
     /// Container IDs, ID prefixes or names
     #[arg(value_name = "CONTAINER", required = true)]
     containers: Vec<String>,
@@ -164,6 +174,9 @@ pub struct AttachArgs {
         action = ArgAction::Set
     )]
     sig_proxy: bool,
+    /// Override the key sequence for detaching a container (default ctrl-p,ctrl-q)
+    #[arg(long, value_name = "KEYS")]
+    detach_keys: Option<String>,
     /// Container ID, ID prefix or name
     #[arg(value_name = "CONTAINER")]
     container: String,
@@ -242,6 +255,8 @@ impl ContainerOptions {
             stop_timeout_secs: self.stop_timeout.unwrap_or(0),
             no_new_privileges: self.security_opt.last().copied().unwrap_or(false),
             read_only: self.read_only,
+            // The caller knows the terminal (see `run`).
+            console_size: None,
         })
     }
 }
@@ -254,12 +269,43 @@ fn require_tty_input(tty: bool, stdin: bool, io: &Stdio<'_>) -> Result<(), CliEr
     Ok(())
 }
 
+/// When `run` and `create` pull their image, as Docker's `--pull`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PullPolicy {
+    Always,
+    Missing,
+    Never,
+}
+
+/// The daemon's refusal to create a container from an image it does not hold.
+fn is_missing_image(err: &CliError) -> bool {
+    matches!(err, CliError::Rpc(status)
+        if status.code() == tonic::Code::NotFound && status.message().starts_with("no such image"))
+}
+
+/// Creates the container, pulling its image first as `pull` says (progress on stderr, so
+/// stdout stays the container's).
 async fn create_container(
     daemon: &mut Daemon,
     spec: ContainerSpec,
+    pull: PullPolicy,
     io: &mut Stdio<'_>,
 ) -> Result<String, CliError> {
-    let created = daemon.create_container(spec).await?;
+    if pull == PullPolicy::Always {
+        image::pull_with_progress(daemon, &spec.image, false, false, io.err).await?;
+    }
+    let created = match daemon.create_container(spec.clone()).await {
+        Err(err) if pull == PullPolicy::Missing && is_missing_image(&err) => {
+            writeln!(
+                io.err,
+                "Unable to find image '{}' locally",
+                image::with_default_tag(&spec.image)
+            )?;
+            image::pull_with_progress(daemon, &spec.image, false, false, io.err).await?;
+            daemon.create_container(spec).await?
+        }
+        other => other?,
+    };
     for warning in &created.warnings {
         writeln!(io.err, "WARNING: {warning}")?;
     }
@@ -273,7 +319,7 @@ pub(crate) async fn create(
 ) -> Result<u8, CliError> {
     let spec = args.options.spec(&process_env)?;
     let mut daemon = Daemon::connect(&global.host).await?;
-    let id = create_container(&mut daemon, spec, io).await?;
+    let id = create_container(&mut daemon, spec, args.options.pull, io).await?;
     writeln!(io.out, "{id}")?;
     Ok(0)
 }
@@ -283,13 +329,17 @@ pub(crate) async fn run(
     args: RunArgs,
     io: &mut Stdio<'_>,
 ) -> Result<u8, CliError> {
-    let spec = args.options.spec(&process_env)?;
+    let mut spec = args.options.spec(&process_env)?;
+    let keys = detach_keys(args.detach_keys.as_deref().unwrap_or_default())?;
     if !args.detach {
         require_tty_input(spec.tty, spec.open_stdin, io)?;
     }
+    if spec.tty && !args.detach && io.input.is_process() {
+        spec.console_size = terminal_size();
+    }
     let (tty, stdin, auto_remove) = (spec.tty, spec.open_stdin, spec.auto_remove);
     let mut daemon = Daemon::connect(&global.host).await?;
-    let id = create_container(&mut daemon, spec, io).await?;
+    let id = create_container(&mut daemon, spec, args.options.pull, io).await?;
     if args.detach {
         daemon.lifecycle(&id, &Lifecycle::Start).await?;
         writeln!(io.out, "{id}")?;
@@ -303,18 +353,25 @@ pub(crate) async fn run(
         tty,
         start: Some(&id),
         sig_proxy: (args.sig_proxy && !tty).then_some(id.as_str()),
+        detach_keys: keys,
+        close_stdin: true,
     };
     let result = match session.run(&mut daemon, io).await {
-        Ok(Some(code)) => Ok(code),
+        Ok(Ended::Exited(code)) => Ok(code),
         // The stream ended without the code (the daemon closed it): ask for it.
-        Ok(None) => daemon.wait_container(&id).await.map(|s| s.exit_code),
+        Ok(Ended::Closed) => daemon.wait_container(&id).await.map(|s| s.exit_code),
+        // The container runs on (`--rm` removes it when it exits).
+        Ok(ended @ (Ended::Detached | Ended::Signal(_))) => {
+            return status_after(ended, &mut daemon, &id).await;
+        }
         Err(err) => Err(err),
     };
     if auto_remove {
-        // The daemon removes it too (auto_remove); whichever is first wins, quietly.
+        // The daemon removes it too (auto_remove); whichever is first wins, quietly. Like
+        // Docker's --rm, its anonymous volumes go with it.
         let remove = Lifecycle::Remove {
             force: true,
-            volumes: false,
+            volumes: true,
         };
         let _ = daemon.lifecycle(&id, &remove).await;
     }
@@ -342,6 +399,7 @@ pub(crate) async fn start(
             "you cannot start and attach multiple containers at once",
         ));
     };
+    let keys = detach_keys(args.detach_keys.as_deref().unwrap_or_default())?;
     let mut daemon = Daemon::connect(&global.host).await?;
     let info = daemon.inspect_container(reference).await?;
     let spec = info.spec.clone().unwrap_or_default();
@@ -355,12 +413,11 @@ pub(crate) async fn start(
         tty: spec.tty,
         start: Some(&info.id),
         sig_proxy: (!spec.tty).then_some(info.id.as_str()),
+        detach_keys: keys,
+        close_stdin: true,
     };
-    let code = match session.run(&mut daemon, io).await? {
-        Some(code) => code,
-        None => daemon.wait_container(&info.id).await?.exit_code,
-    };
-    Ok(exit_status(code))
+    let ended = session.run(&mut daemon, io).await?;
+    status_after(ended, &mut daemon, &info.id).await
 }
 
 pub(crate) async fn attach(
@@ -368,6 +425,7 @@ pub(crate) async fn attach(
     args: AttachArgs,
     io: &mut Stdio<'_>,
 ) -> Result<u8, CliError> {
+    let keys = detach_keys(args.detach_keys.as_deref().unwrap_or_default())?;
     let mut daemon = Daemon::connect(&global.host).await?;
     let info = daemon.inspect_container(&args.container).await?;
     let status = info.state.as_ref().map_or("", |s| s.status.as_str());
@@ -388,12 +446,11 @@ pub(crate) async fn attach(
         tty: spec.tty,
         start: None,
         sig_proxy: (args.sig_proxy && !spec.tty).then_some(info.id.as_str()),
+        detach_keys: keys,
+        close_stdin: false,
     };
-    let code = match session.run(&mut daemon, io).await? {
-        Some(code) => code,
-        None => daemon.wait_container(&info.id).await?.exit_code,
-    };
-    Ok(exit_status(code))
+    let ended = session.run(&mut daemon, io).await?;
+    status_after(ended, &mut daemon, &info.id).await
 }
 
 #[cfg(test)]

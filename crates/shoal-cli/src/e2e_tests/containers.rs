@@ -105,6 +105,7 @@ impl Local {
             network: Some(v1::ContainerNetwork::default()),
             log_path: String::new(),
             command: command.iter().map(|s| s.to_string()).collect(),
+            mounts: Vec::new(),
         });
         id
     }
@@ -486,6 +487,54 @@ impl Containers for Fake {
                 block_write_bytes: 0,
             }))
         })
+    }
+
+    // The filesystem calls are faked in `filesystem.rs`.
+
+    async fn diff(
+        &self,
+        req: Request<v1::ContainerRef>,
+    ) -> Result<Response<v1::ContainerChangesResponse>, Status> {
+        super::filesystem::diff(self, req.into_inner())
+    }
+
+    type ExportStream = BoxStream<v1::ArchiveChunk>;
+
+    async fn export(
+        &self,
+        req: Request<v1::ContainerRef>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        super::filesystem::export(self, req.into_inner())
+    }
+
+    async fn commit(
+        &self,
+        req: Request<v1::CommitContainerRequest>,
+    ) -> Result<Response<v1::CommitContainerResponse>, Status> {
+        super::filesystem::commit(self, req.into_inner())
+    }
+
+    async fn stat_path(
+        &self,
+        req: Request<v1::ContainerPathRequest>,
+    ) -> Result<Response<v1::ContainerPathStat>, Status> {
+        super::filesystem::stat_path(self, req.into_inner())
+    }
+
+    type CopyFromStream = BoxStream<v1::CopyFromChunk>;
+
+    async fn copy_from(
+        &self,
+        req: Request<v1::ContainerPathRequest>,
+    ) -> Result<Response<Self::CopyFromStream>, Status> {
+        super::filesystem::copy_from(self, req.into_inner())
+    }
+
+    async fn copy_to(
+        &self,
+        req: Request<Streaming<v1::CopyToChunk>>,
+    ) -> Result<Response<v1::CopyToResponse>, Status> {
+        super::filesystem::copy_to(self, req.into_inner()).await
     }
 }
 
@@ -1024,4 +1073,69 @@ CONTAINER ID   NAME      CPU %     MEM USAGE / LIMIT   MEM %     NET I/O        
     );
     let (_, result) = h.run(&["stats", "--no-stream", "ghost"]).await;
     assert_eq!(result.unwrap_err().to_string(), "No such container: ghost");
+}
+
+#[tokio::test]
+async fn run_it_detach_keys_leave_the_container_running() {
+    let h = Harness::start().await;
+    // Ctrl-P Ctrl-Q typed on the terminal: the session ends, the container is neither waited
+    // for nor removed (even with --rm), and its stdin stays open.
+    let outcome = h
+        .run_io(
+            &[
+                "run",
+                "-it",
+                "--rm",
+                "--name",
+                "shell",
+                "alpine",
+                "echo-stdin",
+            ],
+            b"ls\x10\x11",
+            true,
+            false,
+        )
+        .await;
+    assert_eq!(outcome.err(), "read escape sequence\n");
+    assert_eq!(outcome.result.unwrap(), 0);
+    {
+        let local = &h.fake.0.lock().unwrap().local;
+        assert!(local.removed.is_empty());
+        assert!(!local.stdin_closed);
+        assert!(local.created[0].tty && local.created[0].open_stdin);
+    }
+    // Keys of one's own; the default ones are then plain input.
+    let outcome = h
+        .run_io(
+            &[
+                "run",
+                "-it",
+                "--detach-keys",
+                "ctrl-a,d",
+                "alpine",
+                "echo-stdin",
+            ],
+            b"\x10\x11\x01d",
+            true,
+            false,
+        )
+        .await;
+    assert_eq!(outcome.err(), "read escape sequence\n");
+    assert_eq!(outcome.result.unwrap(), 0);
+    // Bad keys are refused on one line before anything is sent.
+    let calls = h.fake.calls().len();
+    let outcome = h
+        .run_io(
+            &["run", "-it", "--detach-keys", "ctrl-", "alpine"],
+            b"",
+            true,
+            false,
+        )
+        .await;
+    assert!(
+        outcome.error().starts_with("invalid detach keys \"ctrl-\""),
+        "{}",
+        outcome.error()
+    );
+    assert_eq!(h.fake.calls().len(), calls);
 }

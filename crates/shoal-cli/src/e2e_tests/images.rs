@@ -19,6 +19,8 @@ pub(super) struct Store {
     pub(super) imported: Option<(v1::ImportSpec, Vec<u8>)>,
     pub(super) save_data: Vec<u8>,
     pub(super) saved: Vec<String>,
+    /// Pull and push requests, in order.
+    pub(super) transfers: Vec<(&'static str, String, Option<v1::RegistryAuth>)>,
 }
 
 const ALPINE: &str = "sha256:7e01a0d0a1dcd9e539f8e9bbd80106d59efbdf97293b3d38f5d7a34501526cdb";
@@ -271,6 +273,108 @@ impl Images for Fake {
                 ..Default::default()
             }))
         })
+    }
+
+    type PullStream = BoxStream<v1::ImageProgress>;
+
+    async fn pull(
+        &self,
+        req: Request<v1::PullImageRequest>,
+    ) -> Result<Response<Self::PullStream>, Status> {
+        let req = req.into_inner();
+        self.store("Pull", |s| {
+            s.transfers
+                .push(("Pull", req.image.clone(), req.auth.clone()))
+        });
+        if req.image.contains("ghost") {
+            return Err(Status::not_found(
+                "image not found: manifest for ghost:latest unknown to the registry",
+            ));
+        }
+        let line = |id: &str, status: &str, current, total| {
+            Ok(v1::ImageProgress {
+                id: id.into(),
+                status: status.into(),
+                current,
+                total,
+                ..Default::default()
+            })
+        };
+        let mut items = vec![
+            line("latest", "Pulling from library/busybox", 0, 0),
+            line("9ad63333ebc9", "Pulling fs layer", 0, 0),
+            line("9ad63333ebc9", "Downloading", 1_000_000, 2_000_000),
+            line("9ad63333ebc9", "Verifying Checksum", 0, 0),
+            line("9ad63333ebc9", "Download complete", 0, 0),
+            line("9ad63333ebc9", "Pull complete", 0, 0),
+        ];
+        if req.image.contains("broken") {
+            items.push(Err(Status::failed_precondition(
+                "digest mismatch for blob: expected sha256:aa, got sha256:bb",
+            )));
+        } else {
+            items.push(Ok(v1::ImageProgress {
+                pulled: Some(v1::PulledImage {
+                    reference: "docker.io/library/busybox:latest".into(),
+                    digest: "sha256:d1d1".into(),
+                    image_id: "sha256:1d1d".into(),
+                    downloaded_newer: !req.image.contains("1.36"),
+                    familiar: "busybox:latest".into(),
+                }),
+                ..Default::default()
+            }));
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+    }
+
+    type PushStream = BoxStream<v1::ImageProgress>;
+
+    async fn push(
+        &self,
+        req: Request<v1::PushImageRequest>,
+    ) -> Result<Response<Self::PushStream>, Status> {
+        let req = req.into_inner();
+        self.store("Push", |s| {
+            s.transfers
+                .push(("Push", req.image.clone(), req.auth.clone()))
+        });
+        let line = |id: &str, status: &str| {
+            Ok(v1::ImageProgress {
+                id: id.into(),
+                status: status.into(),
+                ..Default::default()
+            })
+        };
+        let items = vec![
+            line("", "The push refers to repository [localhost:5000/app]"),
+            line("9ad63333ebc9", "Preparing"),
+            line("9ad63333ebc9", "Pushed"),
+            Ok(v1::ImageProgress {
+                pushed: Some(v1::PushedImage {
+                    tag: "1".into(),
+                    digest: "sha256:d1d1".into(),
+                    size: 527,
+                }),
+                ..Default::default()
+            }),
+        ];
+        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+    }
+
+    async fn login(
+        &self,
+        req: Request<v1::RegistryLoginRequest>,
+    ) -> Result<Response<v1::RegistryLoginResponse>, Status> {
+        let req = req.into_inner();
+        if req.password != "secret" {
+            return Err(Status::unauthenticated(format!(
+                "unauthorized: incorrect username or password for {}",
+                req.server
+            )));
+        }
+        Ok(Response::new(v1::RegistryLoginResponse {
+            status: "Login Succeeded".into(),
+        }))
     }
 
     async fn prune(
@@ -562,4 +666,102 @@ async fn prune_asks_first() {
         h.ok(&["image", "prune", "-f"]).await,
         format!("Deleted Images:\ndeleted: {DANGLING}\n\nTotal reclaimed space: 4.26MB\n")
     );
+}
+
+#[tokio::test]
+async fn pull_and_push_print_dockers_lines() {
+    let h = Harness::start().await;
+    assert_eq!(
+        h.ok(&["pull", "busybox"]).await,
+        "\
+Using default tag: latest
+latest: Pulling from library/busybox
+9ad63333ebc9: Pulling fs layer
+9ad63333ebc9: Verifying Checksum
+9ad63333ebc9: Download complete
+9ad63333ebc9: Pull complete
+Digest: sha256:d1d1
+Status: Downloaded newer image for busybox:latest
+docker.io/library/busybox:latest
+"
+    );
+    let out = h.ok(&["image", "pull", "busybox:1.36"]).await;
+    assert!(out.starts_with("latest: Pulling from"), "{out}");
+    assert!(
+        out.contains("Status: Image is up to date for busybox:latest\n"),
+        "{out}"
+    );
+    assert_eq!(
+        h.ok(&["pull", "-q", "busybox"]).await,
+        "docker.io/library/busybox:latest\n"
+    );
+    // On a terminal the layer line is redrawn with a bar.
+    let outcome = h.run_io(&["pull", "busybox:1"], b"", false, true).await;
+    assert!(
+        outcome
+            .out()
+            .contains("\x1b[1A\r\x1b[2K9ad63333ebc9: Downloading [="),
+        "{:?}",
+        outcome.out()
+    );
+
+    let (_, result) = h.run(&["pull", "ghost"]).await;
+    assert_eq!(
+        result.unwrap_err().to_string(),
+        "image not found: manifest for ghost:latest unknown to the registry"
+    );
+    let (out, result) = h.run(&["pull", "broken:1"]).await;
+    assert!(out.ends_with("Pull complete\n"), "{out}");
+    assert_eq!(
+        result.unwrap_err().to_string(),
+        "digest mismatch for blob: expected sha256:aa, got sha256:bb"
+    );
+
+    assert_eq!(
+        h.ok(&["push", "localhost:5000/app:1"]).await,
+        "\
+The push refers to repository [localhost:5000/app]
+9ad63333ebc9: Preparing
+9ad63333ebc9: Pushed
+1: digest: sha256:d1d1 size: 527
+"
+    );
+    assert_eq!(
+        h.ok(&["image", "push", "-q", "localhost:5000/app"]).await,
+        "localhost:5000/app:latest\n"
+    );
+    let transfers = h.fake.0.lock().unwrap().images.transfers.clone();
+    let names: Vec<(&str, &str)> = transfers
+        .iter()
+        .map(|(op, image, _)| (*op, image.as_str()))
+        .collect();
+    assert_eq!(names[0], ("Pull", "busybox"));
+    assert_eq!(names[names.len() - 1], ("Push", "localhost:5000/app"));
+}
+
+#[tokio::test]
+async fn login_needs_credentials_without_a_terminal() {
+    let h = Harness::start().await;
+    let (_, result) = h.run(&["login", "localhost:5000"]).await;
+    assert_eq!(
+        result.unwrap_err().to_string(),
+        "cannot perform an interactive login from a non TTY device: use -u and --password-stdin"
+    );
+    let (_, result) = h
+        .run(&["login", "--password-stdin", "localhost:5000"])
+        .await;
+    assert_eq!(
+        result.unwrap_err().to_string(),
+        "must provide --username with --password-stdin"
+    );
+    let outcome = h
+        .run_io(
+            &["login", "-u", "me", "--password-stdin", "localhost:5000"],
+            b"\n",
+            false,
+            false,
+        )
+        .await;
+    assert_eq!(outcome.error(), "password is empty");
+    assert!(h.fake.calls().is_empty(), "nothing reached the daemon");
 }

@@ -1,5 +1,6 @@
 //! `format/base64.rs`: standard, padded base64, for config data in inspect output (Docker
-//! shows `[]byte` fields that way). Twenty lines are cheaper than another dependency.
+//! shows `[]byte` fields that way) and the `auth` entries of the credentials file. Forty
+//! lines are cheaper than another dependency.
 
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -23,9 +24,35 @@ pub(crate) fn encode(data: &[u8]) -> String {
     out
 }
 
+/// Decodes standard base64 (padding optional, whitespace not allowed); `None` if malformed.
+pub(crate) fn decode(text: &str) -> Option<Vec<u8>> {
+    let trimmed = text.trim_end_matches('=');
+    if text.len() - trimmed.len() > 2 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(trimmed.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for c in trimmed.bytes() {
+        let value = ALPHABET.iter().position(|&a| a == c)? as u32;
+        acc = (acc << 6) | value;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    // Leftover bits must be padding zeros, and a lone sixth of a byte is no encoding at all.
+    if bits >= 6 || acc != 0 {
+        return None;
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::encode;
+    use super::{decode, encode};
 
     #[test]
     fn rfc4648_vectors() {
@@ -40,6 +67,15 @@ mod tests {
         ];
         for (plain, encoded) in cases {
             assert_eq!(encode(plain.as_bytes()), encoded);
+            assert_eq!(decode(encoded).unwrap(), plain.as_bytes());
+            assert_eq!(
+                decode(encoded.trim_end_matches('=')).unwrap(),
+                plain.as_bytes()
+            );
+        }
+        assert_eq!(decode("//4A").unwrap(), [0xff, 0xfe, 0x00]);
+        for bad in ["Z", "Zm9v!", "Zh==", "Zm9v===", "a b"] {
+            assert_eq!(decode(bad), None, "{bad:?}");
         }
         assert_eq!(encode(&[0xff, 0xfe, 0x00]), "//4A");
     }

@@ -3,6 +3,7 @@
 
 pub(crate) mod base64;
 pub(crate) mod container;
+pub(crate) mod progress;
 pub(crate) mod table;
 pub(crate) mod time;
 pub(crate) mod units;

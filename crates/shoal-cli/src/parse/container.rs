@@ -204,12 +204,13 @@ pub(crate) fn port_and_protocol(text: &str) -> Result<(u32, String), String> {
     Ok((first, protocol))
 }
 
-/// `-v [SOURCE:]TARGET[:ro|rw]`: an absolute (or `./`-relative) source is a bind mount, any
-/// other source a named volume, no source an anonymous volume.
+/// `-v [SOURCE:]TARGET[:ro|rw][,nocopy]`: an absolute (or `./`-relative) source is a bind
+/// mount, any other source a named volume, no source an anonymous volume.
 pub(crate) fn volume(text: &str) -> Result<MountSpec, String> {
     let bad = |why: String| format!("invalid volume {text:?}: {why}");
     let parts: Vec<&str> = text.split(':').collect();
-    let is_mode = |s: &str| s.is_empty() || s.split(',').all(|o| matches!(o, "ro" | "rw"));
+    let is_mode =
+        |s: &str| s.is_empty() || s.split(',').all(|o| matches!(o, "ro" | "rw" | "nocopy"));
     let (source, target, mode) = match parts.as_slice() {
         [target] => ("", *target, ""),
         [target, mode] if !mode.starts_with('/') && is_mode(mode) => ("", *target, *mode),
@@ -218,7 +219,9 @@ pub(crate) fn volume(text: &str) -> Result<MountSpec, String> {
         _ => return Err(bad("expected [SOURCE:]TARGET[:ro|rw]".to_owned())),
     };
     if !is_mode(mode) {
-        return Err(bad(format!("unsupported option {mode:?} (use ro or rw)")));
+        return Err(bad(format!(
+            "unsupported option {mode:?} (use ro, rw or nocopy)"
+        )));
     }
     if !target.starts_with('/') {
         return Err(bad(format!(
@@ -226,6 +229,7 @@ pub(crate) fn volume(text: &str) -> Result<MountSpec, String> {
         )));
     }
     let read_only = mode.split(',').any(|o| o == "ro");
+    let volume_nocopy = mode.split(',').any(|o| o == "nocopy");
     let (kind, source) = if source.is_empty() {
         (mount_spec::Kind::Volume, String::new())
     } else if source.starts_with('/') {
@@ -237,20 +241,27 @@ pub(crate) fn volume(text: &str) -> Result<MountSpec, String> {
             mount_spec::Kind::Bind,
             absolute.to_string_lossy().into_owned(),
         )
-    } else if shoal_api::validate::object_name("volume", source).is_ok() {
+    } else if shoal_api::validate::volume_name(source).is_ok() {
         (mount_spec::Kind::Volume, source.to_owned())
     } else {
         return Err(bad(format!(
-            "{source:?} is neither an absolute host path nor a volume name \
-             (letters, digits, '_', '.' and '-')"
+            "{source:?} is not a valid volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]+); \
+             for a host directory, give an absolute path"
         )));
     };
+    if volume_nocopy && kind == mount_spec::Kind::Bind {
+        return Err(bad(
+            "nocopy applies only to volumes, not to bind mounts".to_owned()
+        ));
+    }
     Ok(MountSpec {
         kind: kind as i32,
+        create_source: kind == mount_spec::Kind::Bind,
         source,
         target: target.to_owned(),
         read_only,
-        tmpfs_size_bytes: 0,
+        volume_nocopy,
+        ..Default::default()
     })
 }
 
@@ -262,6 +273,7 @@ pub(crate) fn mount(text: &str) -> Result<MountSpec, String> {
     let mut target = None;
     let mut read_only = false;
     let mut tmpfs_size = None;
+    let mut volume_nocopy = false;
     for field in text.split(',') {
         let (key, value) = match field.split_once('=') {
             Some((k, v)) => (k.trim(), Some(v.trim())),
@@ -296,6 +308,15 @@ pub(crate) fn mount(text: &str) -> Result<MountSpec, String> {
                     }
                 }
             }
+            "volume-nocopy" => {
+                volume_nocopy = match value.map(str::to_ascii_lowercase).as_deref() {
+                    None | Some("true" | "1") => true,
+                    Some("false" | "0") => false,
+                    Some(other) => {
+                        return Err(bad(format!("{key} must be true or false, not {other:?}")));
+                    }
+                }
+            }
             "tmpfs-size" => {
                 let bytes = size(value_of(key)?).map_err(bad)?;
                 tmpfs_size = Some(u64::try_from(bytes).unwrap_or(0));
@@ -303,7 +324,7 @@ pub(crate) fn mount(text: &str) -> Result<MountSpec, String> {
             "" => return Err(bad("empty field".to_owned())),
             other => {
                 return Err(bad(format!(
-                    "unsupported option {other:?} (use type, source, target, readonly or tmpfs-size)"
+                    "unsupported option {other:?} (use type, source, target, readonly, volume-nocopy or tmpfs-size)"
                 )));
             }
         }
@@ -331,7 +352,7 @@ pub(crate) fn mount(text: &str) -> Result<MountSpec, String> {
         }
         mount_spec::Kind::Volume => {
             if let Some(s) = source.as_deref() {
-                shoal_api::validate::object_name("volume", s).map_err(|e| bad(e.to_string()))?;
+                shoal_api::validate::volume_name(s).map_err(|e| bad(e.to_string()))?;
             }
         }
         mount_spec::Kind::Tmpfs => {}
@@ -339,12 +360,17 @@ pub(crate) fn mount(text: &str) -> Result<MountSpec, String> {
     if tmpfs_size.is_some() && kind != mount_spec::Kind::Tmpfs {
         return Err(bad("tmpfs-size applies only to type=tmpfs".to_owned()));
     }
+    if volume_nocopy && kind != mount_spec::Kind::Volume {
+        return Err(bad("volume-nocopy applies only to type=volume".to_owned()));
+    }
     Ok(MountSpec {
         kind: kind as i32,
         source: source.unwrap_or_default(),
         target,
         read_only,
         tmpfs_size_bytes: tmpfs_size.unwrap_or(0),
+        volume_nocopy,
+        ..Default::default()
     })
 }
 
@@ -710,7 +736,7 @@ mod tests {
         assert!(
             volume("a/b:/x")
                 .unwrap_err()
-                .contains("neither an absolute host path")
+                .contains("not a valid volume name")
         );
         assert!(
             volume("/a:/b:z")
@@ -718,6 +744,25 @@ mod tests {
                 .contains("unsupported option \"z\"")
         );
         assert!(volume("/a:/b:ro:x").unwrap_err().contains("expected"));
+        // -v makes a missing host directory (Docker's legacy binds); nocopy is for volumes.
+        assert!(volume("/srv/new:/x").unwrap().create_source);
+        assert!(!volume("cache:/x").unwrap().create_source);
+        let v = volume("cache:/x:ro,nocopy").unwrap();
+        assert!(v.volume_nocopy && v.read_only);
+        assert!(volume("/anon:nocopy").unwrap().volume_nocopy);
+        assert!(
+            volume("/a:/b:nocopy")
+                .unwrap_err()
+                .contains("only to volumes")
+        );
+        // An anonymous volume's 64-hex name can be used by name.
+        let hex = "0123456789abcdef".repeat(4);
+        assert_eq!(volume(&format!("{hex}:/x")).unwrap().source, hex);
+        assert!(
+            volume("a:/x")
+                .unwrap_err()
+                .contains("not a valid volume name")
+        );
     }
 
     #[test]
@@ -729,6 +774,13 @@ mod tests {
         assert_eq!(
             (m.kind(), m.source.as_str()),
             (mount_spec::Kind::Volume, "vol")
+        );
+        let m = mount("type=volume,source=vol,target=/data,volume-nocopy").unwrap();
+        assert!(m.volume_nocopy && !m.create_source);
+        assert!(
+            !mount("type=bind,source=/src,target=/dst")
+                .unwrap()
+                .create_source
         );
         let m = mount("type=tmpfs,target=/run,tmpfs-size=64m,ro=false").unwrap();
         assert_eq!(m.tmpfs_size_bytes, 64 << 20);
@@ -746,6 +798,10 @@ mod tests {
             ),
             ("target=/x,readonly=maybe", "true or false"),
             ("target=/x,tmpfs-size=1m", "only to type=tmpfs"),
+            (
+                "type=bind,source=/s,target=/x,volume-nocopy",
+                "only to type=volume",
+            ),
             ("target=/x,,", "empty field"),
         ];
         for (text, want) in cases {

@@ -2,11 +2,12 @@
 //! thread); each call is one connection, so a client is only a socket path and re-adopting a shim
 //! after a daemon restart is `ShimClient::connect(path)`.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::attach::AttachStream;
 use super::{ExitRecord, Request, Response, ShimError, ShimState};
 use crate::cgroups::Stats;
 
@@ -124,6 +125,55 @@ impl ShimClient {
             Err(e) => return Err(e),
         }
         self.wait()
+    }
+
+    /// Opens the attach channel: live output from now on, and stdin and resizes to send (see
+    /// [`super::attach`]). Any number may be open; the container is unaffected by their coming
+    /// and going.
+    pub fn attach(&self) -> Result<AttachStream, ShimError> {
+        let mut stream = UnixStream::connect(&self.socket).map_err(|e| ShimError::Connect {
+            path: self.socket.clone(),
+            source: e,
+        })?;
+        stream.set_read_timeout(Some(CALL_TIMEOUT))?;
+        stream.set_write_timeout(Some(CALL_TIMEOUT))?;
+        let mut line = serde_json::to_vec(&Request::Attach).unwrap_or_default();
+        line.push(b'\n');
+        stream.write_all(&line)?;
+        // Byte by byte: frames may follow the answer at once, and none may be read ahead here.
+        let mut answer = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            match stream.read(&mut byte) {
+                Ok(0) => return Err(ShimError::Protocol("shim closed the connection".into())),
+                Ok(_) if byte[0] == b'\n' => break,
+                Ok(_) if answer.len() > 64 * 1024 => {
+                    return Err(ShimError::Protocol("overlong answer".into()));
+                }
+                Ok(_) => answer.push(byte[0]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(ShimError::Timeout);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match serde_json::from_slice(&answer) {
+            Ok(Response::Ok) => {}
+            Ok(Response::Error { message }) => return Err(ShimError::Remote(message)),
+            Ok(other) => {
+                return Err(ShimError::Protocol(format!("unexpected answer {other:?}")));
+            }
+            Err(e) => return Err(ShimError::Protocol(format!("bad answer: {e}"))),
+        }
+        stream.set_read_timeout(None)?;
+        stream.set_write_timeout(None)?;
+        Ok(AttachStream::new(stream))
     }
 
     /// Sets the tty size.

@@ -5,7 +5,10 @@
 //! Protocol: one JSON object per line in each direction, one request per connection turn, e.g.
 //! `{"op":"kill","signal":15}` → `{"type":"ok"}`. `wait` answers only when the container has
 //! exited (with the exit record); a client re-adopts a shim simply by connecting to its socket.
+//! `attach` turns its connection into the attach channel (see [`attach`]): framed stdin, resize
+//! and output, which any number of clients may hold at once and a restarted daemon opens again.
 
+pub mod attach;
 mod client;
 pub mod log;
 pub mod server;
@@ -82,6 +85,9 @@ pub enum Request {
         rows: u16,
         cols: u16,
     },
+    /// Answered `ok`, then the connection carries [`attach::Frame`]s: output from now on (none
+    /// of the past), stdin when the shim holds it, and the exit record last.
+    Attach,
     Stats,
     Pause,
     Resume,
@@ -121,6 +127,11 @@ pub struct ShimArgs {
     pub state_root: PathBuf,
     pub log: LogOptions,
     pub tty: bool,
+    /// Keep the container's stdin open for attached clients (`-i`): a pipe the shim writes, or
+    /// the terminal with `tty`. Without it, stdin is `/dev/null` (or a terminal nobody types on).
+    pub open_stdin: bool,
+    /// The terminal's size from the start, `(rows, cols)`, so the first prompt already fits.
+    pub console_size: Option<(u16, u16)>,
     pub socket: PathBuf,
     /// How long the shim lingers after the container exits, waiting for `shutdown`.
     pub exit_timeout: Duration,
@@ -128,12 +139,14 @@ pub struct ShimArgs {
 
 impl ShimArgs {
     /// Parses `--id ID --bundle DIR --state-root DIR --log PATH [--log-max-size BYTES]
-    /// [--log-max-files N] [--tty] --socket PATH [--exit-timeout SECS]`.
+    /// [--log-max-files N] [--tty] [--stdin] [--console-size ROWSxCOLS] --socket PATH
+    /// [--exit-timeout SECS]`.
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<ShimArgs, String> {
         let mut it = args.into_iter();
         let (mut id, mut bundle, mut state_root, mut log, mut socket) =
             (None, None, None, None, None);
         let (mut max_size, mut max_files, mut tty, mut exit_timeout) = (None, 1u32, false, 300u64);
+        let (mut open_stdin, mut console_size) = (false, None);
         while let Some(a) = it.next() {
             let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
             match a.as_str() {
@@ -160,6 +173,15 @@ impl ShimArgs {
                         .map_err(|_| "--exit-timeout takes seconds".to_string())?
                 }
                 "--tty" => tty = true,
+                "--stdin" => open_stdin = true,
+                "--console-size" => {
+                    let text = value("--console-size")?;
+                    console_size = Some(
+                        text.split_once('x')
+                            .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)))
+                            .ok_or_else(|| "--console-size takes ROWSxCOLS".to_string())?,
+                    )
+                }
                 other => return Err(format!("unknown argument {other}")),
             }
         }
@@ -176,6 +198,8 @@ impl ShimArgs {
                 max_files: max_files.max(1),
             },
             tty,
+            open_stdin,
+            console_size,
             socket: need(socket, "--socket")?,
             exit_timeout: Duration::from_secs(exit_timeout),
         })
@@ -205,6 +229,13 @@ impl ShimArgs {
         }
         if self.tty {
             v.push("--tty".into());
+        }
+        if self.open_stdin {
+            v.push("--stdin".into());
+        }
+        if let Some((rows, cols)) = self.console_size {
+            v.push("--console-size".into());
+            v.push(format!("{rows}x{cols}"));
         }
         v
     }
@@ -299,11 +330,17 @@ mod tests {
                 max_files: 3,
             },
             tty: true,
+            open_stdin: true,
+            console_size: Some((24, 80)),
             socket: "/sock".into(),
             exit_timeout: Duration::from_secs(7),
         };
         assert_eq!(ShimArgs::parse(a.to_args()).unwrap(), a);
         assert!(ShimArgs::parse(vec!["--id".to_string()]).is_err());
+        let mut bad = a.to_args();
+        let at = bad.iter().position(|x| x == "24x80").unwrap();
+        bad[at] = "24by80".into();
+        assert!(ShimArgs::parse(bad).is_err());
     }
 
     #[test]

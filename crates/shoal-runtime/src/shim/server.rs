@@ -1,6 +1,11 @@
 //! The shim process itself: daemonize, create the container, then one single-threaded `poll`
-//! loop over a signalfd (SIGCHLD: reap), the container's output (to the json-file log), and the
-//! control socket; record `exit.json` when the container is gone, linger for `shutdown`.
+//! loop over a signalfd (SIGCHLD: reap), the container's output (to the json-file log and every
+//! attached client), the container's stdin (what attached clients type), and the control socket;
+//! record `exit.json` when the container is gone, linger for `shutdown`.
+//!
+//! Every socket and pipe the loop writes is non-blocking with a buffer in front: a slow attached
+//! client holds back the container's output (as Docker's attach does) rather than the shim, and
+//! one that makes no progress for [`ATTACH_STALL`] is dropped so the container cannot wedge.
 #![allow(unsafe_code)]
 
 use std::io::{Read, Write};
@@ -18,6 +23,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, pipe2, setsid};
 
+use super::attach::{Frame, FrameDecoder};
 use super::log::{LineSplitter, LogWriter};
 use super::{ExitRecord, Request, Response, ShimArgs, ShimState};
 use crate::container::{self, Bundle, Container, Stdio};
@@ -25,6 +31,15 @@ use crate::container::{self, Bundle, Container, Stdio};
 /// Output streams are drained for this long after the init exits, in case a straggler (an exec
 /// session, say) still holds them; then the exit is recorded regardless.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// Output waiting for an attached client past this size pauses reading the container's output.
+const ATTACH_HIGH_WATER: usize = 256 * 1024;
+
+/// An attached client whose pending output has not moved for this long is disconnected.
+const ATTACH_STALL: Duration = Duration::from_secs(10);
+
+/// Input waiting for the container's stdin past this size pauses reading attached clients.
+const STDIN_HIGH_WATER: usize = 64 * 1024;
 
 /// Runs the shim; returns the process exit code.
 pub fn run(args: ShimArgs) -> i32 {
@@ -140,6 +155,36 @@ struct Client {
     buf: Vec<u8>,
     waiting: bool,
     closed: bool,
+    /// Set once the client asked to attach: the connection carries frames from then on.
+    attach: Option<Attached>,
+}
+
+struct Attached {
+    decoder: FrameDecoder,
+    /// Encoded frames the (non-blocking) socket has not taken yet.
+    out: Vec<u8>,
+    /// When `out` last shrank, or filled from empty: what the stall timeout measures.
+    progress: Instant,
+    /// The exit frame is queued: close once `out` is written.
+    finished: bool,
+}
+
+/// The shim's end of the container's stdin: a pipe's write end, or the pty master.
+struct StdinSink {
+    fd: OwnedFd,
+    pending: Vec<u8>,
+    /// Close the pipe once `pending` is written (the client's input ended).
+    closing: bool,
+}
+
+/// A descriptor the loop polls, and what it stands for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Signals,
+    Listener,
+    Output(usize),
+    Client(usize),
+    Stdin,
 }
 
 struct Shim {
@@ -149,6 +194,7 @@ struct Shim {
     container: Container,
     outputs: Vec<Output>,
     tty_master: Option<OwnedFd>,
+    stdin: Option<StdinSink>,
     log: Option<LogWriter>,
     signals: SignalFd,
     listener: UnixListener,
@@ -194,8 +240,21 @@ impl Shim {
         let bundle = Bundle::load(&args.bundle).map_err(|e| e.to_string())?;
         let mut outputs = Vec::new();
         let mut tty_master = None;
+        let mut stdin = None;
+        let sink = |fd: OwnedFd| StdinSink {
+            fd,
+            pending: Vec::new(),
+            closing: false,
+        };
         let stdio = if args.tty {
-            let pty = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
+            let size = args.console_size.map(|(rows, cols)| nix::pty::Winsize {
+                ws_row: rows,
+                ws_col: cols,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            });
+            let pty =
+                nix::pty::openpty(size.as_ref(), None).map_err(|e| format!("openpty: {e}"))?;
             let _ = fcntl(
                 &pty.master,
                 FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
@@ -210,6 +269,13 @@ impl Shim {
                 stream: "stdout",
                 split: LineSplitter::default(),
             });
+            if args.open_stdin {
+                let input = pty
+                    .master
+                    .try_clone()
+                    .map_err(|e| format!("dup pty: {e}"))?;
+                stdin = Some(sink(input));
+            }
             tty_master = Some(pty.master);
             Stdio::Tty { slave: pty.slave }
         } else {
@@ -227,9 +293,19 @@ impl Shim {
                 stream: "stderr",
                 split: LineSplitter::default(),
             });
-            let stdin = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+            let input: OwnedFd = if args.open_stdin {
+                // The write end is close-on-exec: the container must not hold its own stdin open.
+                let (in_r, in_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+                set_nonblocking(&in_w);
+                stdin = Some(sink(in_w));
+                in_r
+            } else {
+                std::fs::File::open("/dev/null")
+                    .map_err(|e| format!("/dev/null: {e}"))?
+                    .into()
+            };
             Stdio::Fds {
-                stdin: stdin.into(),
+                stdin: input,
                 stdout: out_w,
                 stderr: err_w,
             }
@@ -246,6 +322,7 @@ impl Shim {
             container,
             outputs,
             tty_master,
+            stdin,
             log: Some(log),
             signals,
             listener,
@@ -261,44 +338,86 @@ impl Shim {
 
     fn run(&mut self) -> i32 {
         loop {
+            self.drop_stalled_clients();
+            // Before polling: whatever closed a client (an exit frame written, say) takes effect
+            // now, not at the next wakeup.
+            self.clients.retain(|c| !c.closed);
             let timeout = self.poll_timeout();
-            let mut readable = vec![false; 2 + self.outputs.len() + self.clients.len()];
+            // Backpressure both ways: a full client pauses the container's output, a full stdin
+            // pauses the clients' input.
+            let outputs_paused = self.output_paused();
+            let stdin_full = self
+                .stdin
+                .as_ref()
+                .is_some_and(|s| s.pending.len() >= STDIN_HIGH_WATER);
+            let mut ready: Vec<(Slot, PollFlags)> = Vec::new();
             {
-                let mut fds = Vec::with_capacity(readable.len());
-                fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
-                fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
-                for o in &self.outputs {
-                    fds.push(PollFd::new(o.fd.as_fd(), PollFlags::POLLIN));
+                let mut slots = vec![Slot::Signals, Slot::Listener];
+                let mut fds = vec![
+                    PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+                ];
+                if !outputs_paused {
+                    for (i, o) in self.outputs.iter().enumerate() {
+                        slots.push(Slot::Output(i));
+                        fds.push(PollFd::new(o.fd.as_fd(), PollFlags::POLLIN));
+                    }
                 }
-                for c in &self.clients {
-                    fds.push(PollFd::new(c.stream.as_fd(), PollFlags::POLLIN));
+                for (i, c) in self.clients.iter().enumerate() {
+                    let mut flags = PollFlags::empty();
+                    if c.attach.is_none() || !stdin_full {
+                        flags |= PollFlags::POLLIN;
+                    }
+                    if c.attach.as_ref().is_some_and(|a| !a.out.is_empty()) {
+                        flags |= PollFlags::POLLOUT;
+                    }
+                    if !flags.is_empty() {
+                        slots.push(Slot::Client(i));
+                        fds.push(PollFd::new(c.stream.as_fd(), flags));
+                    }
+                }
+                if let Some(s) = &self.stdin
+                    && !s.pending.is_empty()
+                {
+                    slots.push(Slot::Stdin);
+                    fds.push(PollFd::new(s.fd.as_fd(), PollFlags::POLLOUT));
                 }
                 match poll(&mut fds, timeout) {
                     Ok(_) | Err(Errno::EINTR) => {}
                     Err(e) => tracing::warn!(error = %e, "poll"),
                 }
-                for (i, fd) in fds.iter().enumerate() {
-                    readable[i] = fd.revents().is_some_and(|r| !r.is_empty());
+                for (slot, fd) in slots.into_iter().zip(&fds) {
+                    if let Some(r) = fd.revents().filter(|r| !r.is_empty()) {
+                        ready.push((slot, r));
+                    }
                 }
             }
-            let n_out = self.outputs.len();
-            if readable[0] {
+            if ready.iter().any(|(s, _)| *s == Slot::Signals) {
                 self.handle_signals();
             }
-            for i in (0..n_out).rev() {
-                if readable[2 + i] {
+            // Highest index first: draining one to EOF removes it from the list.
+            for (slot, _) in ready.iter().rev() {
+                if let Slot::Output(i) = *slot {
                     self.drain_output(i);
                 }
             }
-            for i in 0..self.clients.len() {
-                if readable[2 + n_out + i] {
+            if ready.iter().any(|(s, _)| *s == Slot::Stdin) {
+                self.flush_stdin();
+            }
+            for (slot, events) in &ready {
+                let Slot::Client(i) = *slot else { continue };
+                if events.intersects(PollFlags::POLLOUT | PollFlags::POLLERR) {
+                    self.flush_client(i);
+                }
+                if events.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+                    && !self.clients[i].closed
+                {
                     self.read_client(i);
                 }
             }
-            if readable[1] {
+            if ready.iter().any(|(s, _)| *s == Slot::Listener) {
                 self.accept();
             }
-            self.clients.retain(|c| !c.closed);
             self.maybe_finalize();
             if let Some(code) = self.maybe_exit() {
                 return code;
@@ -307,15 +426,25 @@ impl Shim {
     }
 
     fn poll_timeout(&self) -> PollTimeout {
+        let mut millis: Option<u128> = None;
         if self.exit_status.is_some() && self.record.is_none() {
-            return PollTimeout::from(100u16);
-        }
-        if let Some(at) = self.finalized_at {
+            millis = Some(100);
+        } else if let Some(at) = self.finalized_at {
             let left = self.exit_timeout.saturating_sub(at.elapsed());
-            return PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
-                .unwrap_or(PollTimeout::NONE);
+            millis = Some(left.as_millis().min(60_000) + 1);
         }
-        PollTimeout::NONE
+        // Wake up to notice a stalled client even when nothing else happens.
+        if self
+            .clients
+            .iter()
+            .any(|c| c.attach.as_ref().is_some_and(|a| !a.out.is_empty()))
+        {
+            millis = Some(millis.unwrap_or(1000).min(1000));
+        }
+        match millis {
+            Some(ms) => PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::NONE),
+            None => PollTimeout::NONE,
+        }
     }
 
     fn handle_signals(&mut self) {
@@ -339,9 +468,33 @@ impl Shim {
         }
     }
 
+    /// Whether some attached client has so much output queued that reading more must wait.
+    fn output_paused(&self) -> bool {
+        self.clients.iter().any(|c| {
+            c.attach
+                .as_ref()
+                .is_some_and(|a| a.out.len() >= ATTACH_HIGH_WATER)
+        })
+    }
+
+    fn drop_stalled_clients(&mut self) {
+        for c in &mut self.clients {
+            if let Some(a) = &c.attach
+                && !a.out.is_empty()
+                && a.progress.elapsed() > ATTACH_STALL
+            {
+                tracing::warn!(id = %self.id, queued = a.out.len(), "dropping a stalled attached client");
+                c.closed = true;
+            }
+        }
+    }
+
     fn drain_output(&mut self, i: usize) {
         let mut buf = [0u8; 32 * 1024];
         loop {
+            if self.output_paused() {
+                return;
+            }
             let out = &mut self.outputs[i];
             match nix::unistd::read(&out.fd, &mut buf) {
                 Ok(0) | Err(Errno::EIO) => {
@@ -358,6 +511,12 @@ impl Shim {
                     let stream = out.stream;
                     out.split
                         .push(&buf[..n], |c| write_log(log, stream, c, &now));
+                    let chunk = buf[..n].to_vec();
+                    self.broadcast(&if stream == "stderr" {
+                        Frame::Stderr(chunk)
+                    } else {
+                        Frame::Stdout(chunk)
+                    });
                     if n < buf.len() {
                         return;
                     }
@@ -365,6 +524,84 @@ impl Shim {
                 Err(Errno::EINTR) => continue,
                 Err(_) => return, // EAGAIN: drained
             }
+        }
+    }
+
+    /// Queues `frame` for every attached client and writes what each socket takes now.
+    fn broadcast(&mut self, frame: &Frame) {
+        if !self.clients.iter().any(|c| c.attach.is_some()) {
+            return;
+        }
+        let bytes = frame.encode();
+        for i in 0..self.clients.len() {
+            self.queue(i, &bytes);
+        }
+    }
+
+    fn queue(&mut self, i: usize, bytes: &[u8]) {
+        let Some(a) = self.clients[i].attach.as_mut() else {
+            return;
+        };
+        if a.out.is_empty() {
+            a.progress = Instant::now();
+        }
+        a.out.extend_from_slice(bytes);
+        self.flush_client(i);
+    }
+
+    fn flush_client(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        let Some(a) = c.attach.as_mut() else {
+            return;
+        };
+        while !a.out.is_empty() {
+            match c.stream.write(&a.out) {
+                Ok(0) => {
+                    c.closed = true;
+                    return;
+                }
+                Ok(n) => {
+                    a.out.drain(..n);
+                    a.progress = Instant::now();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    c.closed = true;
+                    return;
+                }
+            }
+        }
+        if a.out.capacity() > ATTACH_HIGH_WATER {
+            a.out = Vec::new();
+        }
+        if a.finished {
+            c.closed = true;
+        }
+    }
+
+    /// Writes what the container's stdin takes now; closes it once asked and drained.
+    fn flush_stdin(&mut self) {
+        let Some(s) = self.stdin.as_mut() else {
+            return;
+        };
+        while !s.pending.is_empty() {
+            match nix::unistd::write(&s.fd, &s.pending) {
+                Ok(n) => {
+                    s.pending.drain(..n);
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return,
+                Err(e) => {
+                    // EPIPE: nothing in the container reads its stdin any more.
+                    tracing::debug!(id = %self.id, error = %e, "container stdin closed");
+                    self.stdin = None;
+                    return;
+                }
+            }
+        }
+        if s.closing {
+            self.stdin = None;
         }
     }
 
@@ -378,6 +615,7 @@ impl Shim {
                         buf: Vec::new(),
                         waiting: false,
                         closed: false,
+                        attach: None,
                     });
                 }
                 Err(_) => return,
@@ -386,18 +624,39 @@ impl Shim {
     }
 
     fn read_client(&mut self, i: usize) {
-        let mut buf = [0u8; 4096];
+        let mut buf = [0u8; 16 * 1024];
         let n = match self.clients[i].stream.read(&mut buf) {
-            Ok(0) | Err(_) => {
+            Ok(0) => {
                 self.clients[i].closed = true;
                 return;
             }
             Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                return;
+            }
+            Err(_) => {
+                self.clients[i].closed = true;
+                return;
+            }
         };
+        if let Some(a) = self.clients[i].attach.as_mut() {
+            a.decoder.push(&buf[..n]);
+            self.attached_input(i);
+            return;
+        }
         self.clients[i].buf.extend_from_slice(&buf[..n]);
         while let Some(pos) = self.clients[i].buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = self.clients[i].buf.drain(..=pos).collect();
             let response = match serde_json::from_slice::<Request>(&line) {
+                Ok(Request::Attach) => {
+                    self.begin_attach(i);
+                    return;
+                }
                 Ok(req) => self.handle(i, req),
                 Err(e) => Some(Response::Error {
                     message: format!("bad request: {e}"),
@@ -410,6 +669,89 @@ impl Shim {
         if self.clients[i].buf.len() > 64 * 1024 {
             self.clients[i].closed = true;
         }
+    }
+
+    /// Turns control connection `i` into an attach channel: `ok`, then frames both ways.
+    fn begin_attach(&mut self, i: usize) {
+        self.respond(i, &Response::Ok);
+        let c = &mut self.clients[i];
+        if c.closed || c.stream.set_nonblocking(true).is_err() {
+            c.closed = true;
+            return;
+        }
+        let mut decoder = FrameDecoder::default();
+        // Frames the client sent right behind its request arrived with it.
+        decoder.push(&std::mem::take(&mut c.buf));
+        c.attach = Some(Attached {
+            decoder,
+            out: Vec::new(),
+            progress: Instant::now(),
+            finished: false,
+        });
+        tracing::debug!(id = %self.id, "client attached");
+        if let Some(record) = self.record.clone() {
+            // Too late for output: the client learns how it ended, and that is all.
+            self.finish_attached(i, &record);
+        }
+        self.attached_input(i);
+    }
+
+    fn finish_attached(&mut self, i: usize, record: &ExitRecord) {
+        if let Some(a) = self.clients[i].attach.as_mut() {
+            a.finished = true;
+        }
+        self.queue(i, &Frame::Exit(record.clone()).encode());
+    }
+
+    /// Acts on the whole frames attached client `i` has sent.
+    fn attached_input(&mut self, i: usize) {
+        loop {
+            let next = match self.clients[i].attach.as_mut() {
+                Some(a) => a.decoder.next_frame(),
+                None => return,
+            };
+            match next {
+                Ok(None) => break,
+                Ok(Some(Frame::Stdin(data))) => {
+                    if let Some(s) = self.stdin.as_mut()
+                        && !s.closing
+                    {
+                        s.pending.extend_from_slice(&data);
+                    }
+                }
+                Ok(Some(Frame::CloseStdin)) => {
+                    // A terminal stays: its end of input is a ^D the user types.
+                    if let Some(s) = self.stdin.as_mut()
+                        && self.tty_master.is_none()
+                    {
+                        s.closing = true;
+                    }
+                }
+                Ok(Some(Frame::Resize { rows, cols })) => {
+                    if let Err(e) = self.resize(rows, cols) {
+                        tracing::debug!(id = %self.id, error = %e, "attach resize");
+                    }
+                }
+                Ok(Some(other)) => {
+                    tracing::debug!(id = %self.id, frame = ?other, "attached client sent an output frame");
+                    self.clients[i].closed = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(id = %self.id, error = %e, "attached client");
+                    self.clients[i].closed = true;
+                    break;
+                }
+            }
+        }
+        self.flush_stdin();
+    }
+
+    fn resize(&self, rows: u16, cols: u16) -> Result<(), String> {
+        let Some(m) = &self.tty_master else {
+            return Err("container has no tty".into());
+        };
+        set_winsize(m, rows, cols).map_err(|e| format!("resize: {e}"))
     }
 
     fn respond(&mut self, i: usize, r: &Response) {
@@ -466,23 +808,12 @@ impl Shim {
                     None
                 }
             },
-            Request::Resize { rows, cols } => match &self.tty_master {
-                Some(m) => {
-                    let ws = libc::winsize {
-                        ws_row: rows,
-                        ws_col: cols,
-                        ws_xpixel: 0,
-                        ws_ypixel: 0,
-                    };
-                    // SAFETY: TIOCSWINSZ reads one winsize struct that lives across the call.
-                    let rc = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-                    match Errno::result(rc) {
-                        Ok(_) => Some(Response::Ok),
-                        Err(e) => err(format!("resize: {e}")),
-                    }
-                }
-                None => err("container has no tty".into()),
+            Request::Resize { rows, cols } => match self.resize(rows, cols) {
+                Ok(()) => Some(Response::Ok),
+                Err(e) => err(e),
             },
+            // Read before a request is handled: an attach changes the connection itself.
+            Request::Attach => err("attach must be the connection's last request".into()),
             Request::Stats => match self.container.cgroup().stats() {
                 Ok(s) => Some(Response::Stats(s)),
                 Err(e) => err(e.to_string()),
@@ -547,10 +878,15 @@ impl Shim {
         self.record = Some(record.clone());
         self.finalized_at = Some(Instant::now());
         tracing::info!(id = %self.id, exit_code, oom_killed, "container exited");
+        // Nothing reads the container's stdin any more.
+        self.stdin = None;
         for i in 0..self.clients.len() {
             if self.clients[i].waiting {
                 self.clients[i].waiting = false;
                 self.respond(i, &Response::Exit(record.clone()));
+            }
+            if self.clients[i].attach.is_some() {
+                self.finish_attached(i, &record);
             }
         }
         // The exit is on disk and answered: the cgroup has nothing left to tell.
@@ -566,6 +902,17 @@ impl Shim {
             .is_some_and(|t| t.elapsed() >= self.exit_timeout);
         if self.shutdown.is_none() && !timed_out {
             return None;
+        }
+        // The last output and the exit frame reach attached clients before the shim goes.
+        for c in &mut self.clients {
+            if let Some(a) = &c.attach
+                && !a.out.is_empty()
+                && !c.closed
+            {
+                let _ = c.stream.set_nonblocking(false);
+                let _ = c.stream.set_write_timeout(Some(Duration::from_secs(1)));
+                let _ = c.stream.write_all(&a.out);
+            }
         }
         let full = self.shutdown.is_some();
         if self.container.record().rootfs_mounted
@@ -583,6 +930,19 @@ impl Shim {
         let _ = std::fs::remove_file(&self.socket);
         Some(0)
     }
+}
+
+/// `TIOCSWINSZ`: the terminal's new size; its foreground process group gets SIGWINCH.
+pub(crate) fn set_winsize(pty: &impl AsFd, rows: u16, cols: u16) -> Result<(), Errno> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize struct that lives across the call.
+    let rc = unsafe { libc::ioctl(pty.as_fd().as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    Errno::result(rc).map(drop)
 }
 
 fn write_log(log: &mut Option<LogWriter>, stream: &str, chunk: &[u8], time: &str) {

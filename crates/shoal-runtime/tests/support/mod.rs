@@ -103,6 +103,8 @@ impl Env {
                 max_files: 1,
             },
             tty,
+            open_stdin: false,
+            console_size: None,
             socket: self.path().join(format!("{id}.sock")),
             exit_timeout: Duration::from_secs(60),
         }

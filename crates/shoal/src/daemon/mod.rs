@@ -61,6 +61,16 @@ pub(crate) struct DaemonArgs {
     /// Log files kept per container, the live one included.
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub(crate) log_max_files: u32,
+
+    /// Registry reached over plain HTTP instead of HTTPS (repeatable). Only for registries on
+    /// a trusted network: nothing protects what travels to them.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]",
+          value_parser = parse_insecure_registry)]
+    pub(crate) insecure_registries: Vec<String>,
+}
+
+fn parse_insecure_registry(value: &str) -> Result<String, String> {
+    shoal_image::registry::parse_insecure_registry(value).map_err(|e| e.to_string())
 }
 
 fn engine_config(args: &DaemonArgs) -> anyhow::Result<shoal_engine::EngineConfig> {
@@ -98,6 +108,7 @@ fn engine_config(args: &DaemonArgs) -> anyhow::Result<shoal_engine::EngineConfig
         bridge,
         log_max_size: (args.log_max_size > 0).then_some(args.log_max_size),
         log_max_files: args.log_max_files.max(1),
+        insecure_registries: args.insecure_registries.clone(),
     })
 }
 
@@ -141,6 +152,7 @@ pub(crate) async fn run(args: DaemonArgs, host: &str) -> anyhow::Result<()> {
         .add_service(ControlApi::new(slot).into_server())
         .add_service(shoal_engine::ContainersApi::server(engine.clone()))
         .add_service(shoal_engine::ImagesApi::server(engine.clone()))
+        .add_service(shoal_engine::VolumesApi::server(engine.clone()))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
             shutdown,
