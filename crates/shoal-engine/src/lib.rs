@@ -733,14 +733,20 @@ impl Engine {
     }
 
     async fn on_exit(self: &Arc<Self>, id: &str, exit: Option<ExitRecord>, client: &ShimClient) {
-        let _ = client.shutdown(true);
+        // Socket calls, unmounts and rmdirs: off the async workers.
+        let shim = client.clone();
+        let _ = tokio::task::spawn_blocking(move || shim.shutdown(true)).await;
         if let Some(net) = &self.network
             && let Err(error) = net.detach(id).await
         {
             tracing::warn!(container = %id, %error, "detaching from the bridge failed");
         }
-        self.cleanup_runtime(id);
-        self.volumes.release(id);
+        let (engine, gone) = (self.clone(), id.to_owned());
+        let _ = tokio::task::spawn_blocking(move || {
+            engine.cleanup_runtime(&gone);
+            engine.volumes.release(&gone);
+        })
+        .await;
         let mut table = self.containers.lock().await;
         let Some(entry) = table.get_mut(id) else {
             return;
