@@ -43,6 +43,36 @@ fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
 }
 
 #[test]
+fn an_oom_kill_is_reported_through_the_daemon() {
+    if !can_run_containers() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = daemon_with_busybox(dir.path());
+    // dd fills a 64 MiB buffer: far past an 8 MiB limit.
+    let out = daemon.cli(&[
+        "run",
+        "--name",
+        "hungry",
+        "--memory",
+        "8m",
+        "busybox:test",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=64M",
+        "count=1",
+    ]);
+    assert_eq!(out.code, 137, "{out:?}");
+    let inspect: serde_json::Value =
+        serde_json::from_str(daemon.cli(&["inspect", "hungry"]).ok()).unwrap();
+    assert_eq!(inspect[0]["State"]["OOMKilled"], true, "{inspect}");
+    assert_eq!(inspect[0]["State"]["ExitCode"], 137);
+    let ps = daemon.cli(&["ps", "-a"]).ok().to_owned();
+    assert!(ps.contains("Exited (137)"), "{ps}");
+}
+
+#[test]
 fn run_relays_output_and_exit_codes() {
     if !can_run_containers() {
         return;

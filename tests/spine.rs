@@ -23,6 +23,26 @@ fn init(daemon: &Daemon) -> String {
 }
 
 #[test]
+fn usage_mistakes_are_one_line_with_exit_code_2() {
+    let cases: [&[&str]; 4] = [
+        &["run", "--memory", "abc", "busybox"],
+        &["frobnicate"],
+        &["run"],
+        &["run", "-v", "bad!name:/x", "busybox"],
+    ];
+    for args in cases {
+        // No daemon is needed: the mistake is caught before any connection.
+        let out = run_cli("unix:///nonexistent/shoal.sock", args, None);
+        assert_eq!(out.code, 2, "{args:?}: {out:?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {out:?}");
+        assert!(out.stderr.starts_with("Error: "), "{args:?}: {out:?}");
+    }
+    let help = run_cli("unix:///nonexistent/shoal.sock", &["run", "--help"], None);
+    assert_eq!(help.code, 0);
+    assert!(help.stdout.contains("Usage: shoal run"), "{help:?}");
+}
+
+#[test]
 fn init_then_node_ls_shows_this_node_as_leader() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start_in(dir.path(), &[]);

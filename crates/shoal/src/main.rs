@@ -7,6 +7,7 @@ mod observability;
 use std::process::ExitCode;
 
 use clap::Parser;
+use clap::error::ErrorKind;
 
 /// shoal: a clustered container orchestrator with Docker swarm mode's commands.
 #[derive(Debug, Parser)]
@@ -36,7 +37,10 @@ enum TopLevel {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(&error),
+    };
     // Container creation needs a single-threaded process: decide before any runtime starts.
     if let TopLevel::Runtime(args) = cli.command {
         return match shoal_runtime::oci_cli::run(args) {
@@ -82,4 +86,29 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// Help and version print as clap renders them; a usage mistake is one line (clap's first
+/// paragraph, so "required arguments were not provided: <IMAGE>" keeps its argument) and exit 2.
+fn usage_error(error: &clap::Error) -> ExitCode {
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = error.print();
+        return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
+    }
+    let rendered = error.render().to_string();
+    let paragraph: Vec<&str> = rendered
+        .lines()
+        .skip_while(|line| line.trim().is_empty())
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let message = paragraph.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    eprintln!("Error: {message} (see --help)");
+    ExitCode::from(2)
 }
