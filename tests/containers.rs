@@ -1,46 +1,10 @@
 //! End-to-end tests of standalone containers: real daemons, real shims and containers, images
 //! made from Debian's busybox-static, driven through the real CLI.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shoal_testkit::Daemon;
-
-fn can_run_containers() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: containers need root");
-        return false;
-    }
-    if !std::path::Path::new(shoal_testkit::images::BUSYBOX).exists() {
-        eprintln!("skipped: {} is missing", shoal_testkit::images::BUSYBOX);
-        return false;
-    }
-    true
-}
-
-/// A daemon without a bridge (tests never touch the host's network) holding `busybox:test`.
-fn daemon_with_busybox(dir: &std::path::Path) -> Daemon {
-    let daemon = Daemon::start_in(dir, &["--bridge", "none"]);
-    let tar = dir.join("rootfs.tar");
-    shoal_testkit::images::write_busybox_rootfs_tar(&tar);
-    let out = daemon.cli(&[
-        "image",
-        "import",
-        "-c",
-        "CMD [\"sh\"]",
-        tar.to_str().unwrap(),
-        "busybox:test",
-    ]);
-    assert!(out.ok().trim().starts_with("sha256:"), "{out:?}");
-    daemon
-}
-
-fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use shoal_testkit::fixtures::{can_run_containers, daemon_with_busybox, wait_for};
 
 #[test]
 fn an_oom_kill_is_reported_through_the_daemon() {

@@ -19,39 +19,18 @@ use nix::pty::{Winsize, openpty};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use shoal_testkit::Daemon;
+use shoal_testkit::fixtures::{can_run_containers, import_busybox};
 
 /// Every wait in these tests ends by then, pass or fail.
 const LIMIT: Duration = Duration::from_secs(30);
 
 const IMAGE: &str = "busybox:test";
 
-fn can_run_containers() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: containers need root");
-        return false;
-    }
-    if !std::path::Path::new(shoal_testkit::images::BUSYBOX).exists() {
-        eprintln!("skipped: {} is missing", shoal_testkit::images::BUSYBOX);
-        return false;
-    }
-    true
-}
-
 /// A daemon without a bridge holding `busybox:test`, and a guard that removes every container
 /// it ran when the test ends, so no container outlives a failed test.
 fn daemon_with_busybox(dir: &std::path::Path) -> (Daemon, Cleanup) {
     let daemon = Daemon::start_in(dir, &["--bridge", "none"]);
-    let tar = dir.join("rootfs.tar");
-    shoal_testkit::images::write_busybox_rootfs_tar(&tar);
-    let out = daemon.cli(&[
-        "image",
-        "import",
-        "-c",
-        "CMD [\"sh\"]",
-        tar.to_str().unwrap(),
-        IMAGE,
-    ]);
-    assert!(out.ok().trim().starts_with("sha256:"), "{out:?}");
+    import_busybox(&daemon, dir, IMAGE, &[]);
     let cleanup = Cleanup(daemon.host());
     (daemon, cleanup)
 }

@@ -7,39 +7,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use shoal_testkit::Daemon;
-
-fn can_run_containers() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: containers need root");
-        return false;
-    }
-    if !Path::new(shoal_testkit::images::BUSYBOX).exists() {
-        eprintln!("skipped: {} is missing", shoal_testkit::images::BUSYBOX);
-        return false;
-    }
-    true
-}
+use shoal_testkit::fixtures::{can_run_containers, import_busybox};
 
 /// A daemon without a bridge holding `busybox:test`, and `busybox:vol`, whose image config
 /// declares `VOLUME /etc`.
 fn daemon_with_busybox(dir: &Path) -> Daemon {
-    let daemon = Daemon::start_in(dir, &["--bridge", "none"]);
-    let tar = dir.join("rootfs.tar");
-    shoal_testkit::images::write_busybox_rootfs_tar(&tar);
-    let tar = tar.to_str().unwrap();
-    let out = daemon.cli(&["image", "import", "-c", "CMD [\"sh\"]", tar, "busybox:test"]);
-    assert!(out.ok().trim().starts_with("sha256:"), "{out:?}");
-    let out = daemon.cli(&[
-        "image",
-        "import",
-        "-c",
-        "CMD [\"sh\"]",
-        "-c",
-        "VOLUME /etc",
-        tar,
-        "busybox:vol",
-    ]);
-    assert!(out.ok().trim().starts_with("sha256:"), "{out:?}");
+    let daemon = shoal_testkit::fixtures::daemon_with_busybox(dir);
+    import_busybox(&daemon, dir, "busybox:vol", &["VOLUME /etc"]);
     daemon
 }
 

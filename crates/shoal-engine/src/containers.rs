@@ -122,13 +122,20 @@ fn after(start: Option<prost_types::Timestamp>) -> impl Fn(&LogEntry) -> bool {
     }
 }
 
-/// Processes in the container's cgroup (v1 pids or memory controller, or unified).
-fn container_pids(id: &str, init_pid: i32) -> Vec<i32> {
+/// Processes in the container's cgroup (v1 pids or memory controller, or unified) under the
+/// daemon's cgroup parent.
+fn container_pids(cgroup_parent: &std::path::Path, id: &str, init_pid: i32) -> Vec<i32> {
+    let relative = cgroup_parent
+        .strip_prefix("/")
+        .unwrap_or(cgroup_parent)
+        .join(id)
+        .join("cgroup.procs");
     let candidates = [
-        format!("/sys/fs/cgroup/pids/shoal/{id}/cgroup.procs"),
-        format!("/sys/fs/cgroup/memory/shoal/{id}/cgroup.procs"),
-        format!("/sys/fs/cgroup/shoal/{id}/cgroup.procs"),
-    ];
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup",
+    ]
+    .map(|root| std::path::Path::new(root).join(&relative));
     for path in candidates {
         if let Ok(text) = std::fs::read_to_string(&path) {
             let pids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
@@ -341,7 +348,7 @@ impl Containers for ContainersApi {
                 EngineError::Conflict(format!("container {} is not running", info.id)).into(),
             );
         }
-        let processes = container_pids(&info.id, state.pid)
+        let processes = container_pids(&self.engine.config.cgroup_parent, &info.id, state.pid)
             .into_iter()
             .filter_map(process_row)
             .map(|fields| TopProcess { fields })

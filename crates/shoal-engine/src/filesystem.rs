@@ -17,7 +17,7 @@
 //!   mounted: `cp` sees the image's directories beneath them.
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -29,6 +29,7 @@ use shoal_image::{Change, CommitOptions, ConfinedRoot, ExtractOptions, FsError, 
 use shoal_runtime::container::{mount_overlay_rootfs, unmount_overlay_rootfs};
 use tokio::sync::mpsc;
 
+use crate::chunks::ChunkReader;
 use crate::{Engine, EngineError};
 
 /// Containers whose filesystem is being changed through a temporary mount, or which are
@@ -492,41 +493,6 @@ pub(crate) fn path_status(error: EngineError, path: &str, container: &str) -> to
 }
 
 // Streams ------------------------------------------------------------------------------------
-
-/// A blocking reader over chunks sent from async code; ends when the sender is dropped.
-pub(crate) struct ChunkReader {
-    rx: mpsc::Receiver<Vec<u8>>,
-    current: Vec<u8>,
-    position: usize,
-}
-
-impl ChunkReader {
-    pub(crate) fn new(rx: mpsc::Receiver<Vec<u8>>) -> Self {
-        ChunkReader {
-            rx,
-            current: Vec::new(),
-            position: 0,
-        }
-    }
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.position >= self.current.len() {
-            match self.rx.blocking_recv() {
-                Some(chunk) => {
-                    self.current = chunk;
-                    self.position = 0;
-                }
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.position);
-        buf[..n].copy_from_slice(&self.current[self.position..self.position + n]);
-        self.position += n;
-        Ok(n)
-    }
-}
 
 /// A blocking writer that sends chunks of up to 1 MiB to async code, each wrapped by `wrap`.
 pub(crate) struct ChunkWriter<T> {

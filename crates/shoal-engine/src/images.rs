@@ -2,7 +2,7 @@
 //! bridged: chunks from the client feed a blocking reader, and a blocking writer feeds chunks
 //! back. Pull and push run the registry client in a task of their own and stream its progress.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -24,6 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::Engine;
+use crate::chunks::ChunkReader;
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -147,31 +148,6 @@ fn summary(image: shoal_image::ImageSummary) -> ImageSummary {
         repo_digests: image.repo_digests,
         created: timestamp(&image.created),
         size: image.size,
-    }
-}
-
-/// A blocking reader over chunks sent from async code; ends when the sender is dropped.
-struct ChunkReader {
-    rx: mpsc::Receiver<Vec<u8>>,
-    current: Vec<u8>,
-    position: usize,
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.position >= self.current.len() {
-            match self.rx.blocking_recv() {
-                Some(chunk) => {
-                    self.current = chunk;
-                    self.position = 0;
-                }
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.position);
-        buf[..n].copy_from_slice(&self.current[self.position..self.position + n]);
-        self.position += n;
-        Ok(n)
     }
 }
 
@@ -326,13 +302,7 @@ impl Images for ImagesApi {
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel::<Vec<u8>>(8);
         let store = self.engine.images().clone();
-        let loader = tokio::task::spawn_blocking(move || {
-            store.load(ChunkReader {
-                rx,
-                current: Vec::new(),
-                position: 0,
-            })
-        });
+        let loader = tokio::task::spawn_blocking(move || store.load(ChunkReader::new(rx)));
         while let Some(chunk) = input.next().await {
             let chunk = chunk?;
             if tx.send(chunk.data).await.is_err() {
@@ -416,15 +386,7 @@ impl Images for ImagesApi {
         let reference = (!spec.reference.is_empty()).then(|| spec.reference.clone());
         let changes = spec.changes.clone();
         let importer = tokio::task::spawn_blocking(move || {
-            store.import(
-                ChunkReader {
-                    rx,
-                    current: Vec::new(),
-                    position: 0,
-                },
-                reference.as_deref(),
-                &changes,
-            )
+            store.import(ChunkReader::new(rx), reference.as_deref(), &changes)
         });
         while let Some(chunk) = input.next().await {
             if let Some(import_chunk::Part::Data(data)) = chunk?.part

@@ -6,6 +6,7 @@
 //!
 //! It knows nothing of clusters, tasks or Raft: the standalone verbs use it, and the agent will.
 
+mod chunks;
 mod containers;
 mod filesystem;
 mod images;
@@ -140,6 +141,10 @@ pub struct EngineConfig {
     pub log_max_files: u32,
     /// `HOST[:PORT]` of registries reached over plain HTTP; all others are HTTPS.
     pub insecure_registries: Vec<String>,
+    /// Absolute cgroup path every container's cgroup is made under (`<parent>/<id>`), so that
+    /// daemons sharing one machine never share a cgroup subtree. The daemon's default is
+    /// `/shoal`.
+    pub cgroup_parent: PathBuf,
 }
 
 /// One container the engine knows.
@@ -606,6 +611,7 @@ impl Engine {
             network,
             readonly_rootfs: spec.read_only,
             tty: spec.tty,
+            cgroups_path: Some(self.config.cgroup_parent.join(&id)),
             ..Default::default()
         };
         let rootfs = bundle_dir.join("rootfs");

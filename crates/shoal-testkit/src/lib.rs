@@ -2,6 +2,8 @@
 //! and socket, drives them through the real CLI, and kills or restarts them on demand.
 //! Everything it makes lives under one temporary directory that is removed afterwards.
 
+pub mod cluster;
+pub mod fixtures;
 pub mod images;
 pub mod registry;
 
@@ -35,6 +37,7 @@ pub fn shoal_binary() -> PathBuf {
 /// One daemon in its own private directory.
 pub struct Daemon {
     dir: PathBuf,
+    exec_root: PathBuf,
     child: Option<Child>,
     extra_args: Vec<String>,
     netns: Option<String>,
@@ -150,6 +153,7 @@ impl Daemon {
         std::fs::create_dir_all(dir).expect("create daemon directory");
         let mut daemon = Daemon {
             dir: dir.to_owned(),
+            exec_root: dir.join("exec"),
             child: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             netns: None,
@@ -163,9 +167,31 @@ impl Daemon {
         std::fs::create_dir_all(dir).expect("create daemon directory");
         let mut daemon = Daemon {
             dir: dir.to_owned(),
+            exec_root: dir.join("exec"),
             child: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             netns: Some(netns.name().to_owned()),
+        };
+        daemon.launch();
+        daemon
+    }
+
+    /// A daemon inside the named namespace (under `/run/netns`) with its exec root at
+    /// `exec_root`: the cluster harness keeps that path short, since shim sockets live under it
+    /// and a unix socket path holds at most 107 bytes.
+    pub(crate) fn start_in_named_netns(
+        dir: &Path,
+        exec_root: &Path,
+        netns: &str,
+        extra_args: &[String],
+    ) -> Daemon {
+        std::fs::create_dir_all(dir).expect("create daemon directory");
+        let mut daemon = Daemon {
+            dir: dir.to_owned(),
+            exec_root: exec_root.to_owned(),
+            child: None,
+            extra_args: extra_args.to_vec(),
+            netns: Some(netns.to_owned()),
         };
         daemon.launch();
         daemon
@@ -177,6 +203,10 @@ impl Daemon {
 
     pub fn data_root(&self) -> PathBuf {
         self.dir.join("data")
+    }
+
+    pub fn exec_root(&self) -> &Path {
+        &self.exec_root
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -215,7 +245,7 @@ impl Daemon {
             .arg("--data-root")
             .arg(self.data_root())
             .arg("--exec-root")
-            .arg(self.dir.join("exec"))
+            .arg(&self.exec_root)
             .arg("-H")
             .arg(self.host())
             .arg("--log-level")

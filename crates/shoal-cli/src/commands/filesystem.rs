@@ -4,14 +4,12 @@
 
 mod local;
 
-use std::io::Write;
-use std::path::Path;
 
 use shoal_api::v1::{self, copy_from_chunk};
 use tokio::sync::mpsc;
 
+use crate::commands::image::{check_archive_target, write_archive};
 use crate::daemon::Daemon;
-use crate::error::io_reason;
 use crate::format::units::human_size;
 use crate::parse::container as pc;
 use crate::stdio::{Stdio, read_chunks};
@@ -115,55 +113,15 @@ pub(crate) async fn diff(
 // export -------------------------------------------------------------------------------------
 
 /// Docker will not write a tarball to a terminal.
-fn check_tar_target(output: Option<&str>, stdout_tty: bool) -> Result<(), CliError> {
-    if output.is_none() && stdout_tty {
-        return Err(CliError::usage(
-            "cowardly refusing to save to a terminal. Use the -o flag or redirect",
-        ));
-    }
-    Ok(())
-}
-
 pub(crate) async fn export(
     global: &GlobalArgs,
     args: ExportArgs,
     io: &mut Stdio<'_>,
 ) -> Result<u8, CliError> {
-    check_tar_target(args.output.as_deref(), io.stdout_tty)?;
+    check_archive_target(args.output.as_deref(), io.stdout_tty)?;
     let mut daemon = Daemon::connect(&global.host).await?;
-    let mut stream = daemon.export_container(&args.container).await?;
-    let Some(path) = args.output.as_deref() else {
-        while let Some(chunk) = stream.message().await.map_err(|s| daemon.fail(s))? {
-            io.out.write_all(&chunk.data)?;
-        }
-        return Ok(0);
-    };
-    // Written beside the target and renamed into place, so a failed export leaves no half file.
-    let target = Path::new(path);
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "export".to_owned());
-    let partial = target.with_file_name(format!(".{name}.partial-{}", std::process::id()));
-    let write_error = |err: &std::io::Error| {
-        CliError::usage(format!(
-            "cannot write {path}: {}",
-            io_reason(err).to_lowercase()
-        ))
-    };
-    let mut file = std::fs::File::create(&partial).map_err(|e| write_error(&e))?;
-    let result = async {
-        while let Some(chunk) = stream.message().await.map_err(|s| daemon.fail(s))? {
-            file.write_all(&chunk.data).map_err(|e| write_error(&e))?;
-        }
-        file.sync_all().map_err(|e| write_error(&e))?;
-        std::fs::rename(&partial, target).map_err(|e| write_error(&e))
-    }
-    .await;
-    if result.is_err() {
-        let _ = std::fs::remove_file(&partial);
-    }
-    result.map(|()| 0)
+    let stream = daemon.export_container(&args.container).await?;
+    write_archive(&daemon, stream, |c| c.data, args.output.as_deref(), io).await
 }
 
 // commit -------------------------------------------------------------------------------------
@@ -514,12 +472,12 @@ mod tests {
 
     #[test]
     fn export_refuses_a_terminal() {
-        let err = check_tar_target(None, true).unwrap_err();
+        let err = check_archive_target(None, true).unwrap_err();
         assert_eq!(
             err.to_string(),
             "cowardly refusing to save to a terminal. Use the -o flag or redirect"
         );
-        check_tar_target(Some("out.tar"), true).unwrap();
-        check_tar_target(None, false).unwrap();
+        check_archive_target(Some("out.tar"), true).unwrap();
+        check_archive_target(None, false).unwrap();
     }
 }

@@ -523,7 +523,11 @@ async fn load(global: &GlobalArgs, args: LoadArgs, io: &mut Stdio<'_>) -> Result
 }
 
 /// Docker will not write a tarball to a terminal.
-fn check_save_target(output: Option<&str>, stdout_tty: bool) -> Result<(), CliError> {
+/// Docker's refusal to write an archive to a terminal.
+pub(crate) fn check_archive_target(
+    output: Option<&str>,
+    stdout_tty: bool,
+) -> Result<(), CliError> {
     if output.is_none() && stdout_tty {
         return Err(CliError::usage(
             "cowardly refusing to save to a terminal. Use the -o flag or redirect",
@@ -532,22 +536,26 @@ fn check_save_target(output: Option<&str>, stdout_tty: bool) -> Result<(), CliEr
     Ok(())
 }
 
-async fn save(global: &GlobalArgs, args: SaveArgs, io: &mut Stdio<'_>) -> Result<u8, CliError> {
-    check_save_target(args.output.as_deref(), io.stdout_tty)?;
-    let mut daemon = Daemon::connect(&global.host).await?;
-    let mut stream = daemon.save_images(args.images.clone()).await?;
-    let Some(path) = args.output.as_deref() else {
+/// Writes an archive the daemon streams to stdout, or to `output`: beside it first and renamed
+/// into place, so a failure leaves no half-written file.
+pub(crate) async fn write_archive<M>(
+    daemon: &Daemon,
+    mut stream: tonic::Streaming<M>,
+    data: impl Fn(M) -> Vec<u8>,
+    output: Option<&str>,
+    io: &mut Stdio<'_>,
+) -> Result<u8, CliError> {
+    let Some(path) = output else {
         while let Some(chunk) = stream.message().await.map_err(|s| daemon.fail(s))? {
-            io.out.write_all(&chunk.data)?;
+            io.out.write_all(&data(chunk))?;
         }
         return Ok(0);
     };
-    // Written beside the target and renamed into place, so a failed save leaves no half file.
     let target = Path::new(path);
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "save".to_owned());
+        .unwrap_or_else(|| "archive".to_owned());
     let partial = target.with_file_name(format!(".{name}.partial-{}", std::process::id()));
     let write_error = |err: &std::io::Error| {
         CliError::usage(format!(
@@ -558,7 +566,7 @@ async fn save(global: &GlobalArgs, args: SaveArgs, io: &mut Stdio<'_>) -> Result
     let mut file = std::fs::File::create(&partial).map_err(|e| write_error(&e))?;
     let result = async {
         while let Some(chunk) = stream.message().await.map_err(|s| daemon.fail(s))? {
-            file.write_all(&chunk.data).map_err(|e| write_error(&e))?;
+            file.write_all(&data(chunk)).map_err(|e| write_error(&e))?;
         }
         file.sync_all().map_err(|e| write_error(&e))?;
         std::fs::rename(&partial, target).map_err(|e| write_error(&e))
@@ -568,6 +576,13 @@ async fn save(global: &GlobalArgs, args: SaveArgs, io: &mut Stdio<'_>) -> Result
         let _ = std::fs::remove_file(&partial);
     }
     result.map(|()| 0)
+}
+
+async fn save(global: &GlobalArgs, args: SaveArgs, io: &mut Stdio<'_>) -> Result<u8, CliError> {
+    check_archive_target(args.output.as_deref(), io.stdout_tty)?;
+    let mut daemon = Daemon::connect(&global.host).await?;
+    let stream = daemon.save_images(args.images.clone()).await?;
+    write_archive(&daemon, stream, |c| c.data, args.output.as_deref(), io).await
 }
 
 async fn import(global: &GlobalArgs, args: ImportArgs, io: &mut Stdio<'_>) -> Result<u8, CliError> {
@@ -865,12 +880,12 @@ IMAGE          CREATED      CREATED BY                                      SIZE
 
     #[test]
     fn save_refuses_a_terminal() {
-        let err = check_save_target(None, true).unwrap_err();
+        let err = check_archive_target(None, true).unwrap_err();
         assert_eq!(
             err.to_string(),
             "cowardly refusing to save to a terminal. Use the -o flag or redirect"
         );
-        check_save_target(Some("out.tar"), true).unwrap();
-        check_save_target(None, false).unwrap();
+        check_archive_target(Some("out.tar"), true).unwrap();
+        check_archive_target(None, false).unwrap();
     }
 }

@@ -54,6 +54,11 @@ pub(crate) struct DaemonArgs {
     #[arg(long, value_name = "CIDR", default_value = "172.30.0.0/16")]
     pub(crate) bridge_subnet: String,
 
+    /// cgroup every container's cgroup is made under (`PATH/<id>`, in each hierarchy). Daemons
+    /// sharing a machine give different ones so their containers never share a subtree.
+    #[arg(long, value_name = "PATH", default_value = "/shoal", value_parser = parse_cgroup_parent)]
+    pub(crate) cgroup_parent: PathBuf,
+
     /// Rotate a container's log when it reaches this many bytes (0: never).
     #[arg(long, value_name = "BYTES", default_value_t = 10 * 1024 * 1024)]
     pub(crate) log_max_size: u64,
@@ -71,6 +76,27 @@ pub(crate) struct DaemonArgs {
 
 fn parse_insecure_registry(value: &str) -> Result<String, String> {
     shoal_image::registry::parse_insecure_registry(value).map_err(|e| e.to_string())
+}
+
+/// An absolute cgroup path without `..` (which would escape the hierarchy) and not the root
+/// itself (containers would land beside every other cgroup of the machine).
+fn parse_cgroup_parent(value: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(value);
+    if !path.is_absolute() {
+        return Err(format!(
+            "{value:?} is not absolute: use a path such as /shoal"
+        ));
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!("{value:?} contains \"..\""));
+    }
+    if path.parent().is_none() {
+        return Err("the cgroup root cannot be the parent: use a path such as /shoal".into());
+    }
+    Ok(path)
 }
 
 fn engine_config(args: &DaemonArgs) -> anyhow::Result<shoal_engine::EngineConfig> {
@@ -109,6 +135,7 @@ fn engine_config(args: &DaemonArgs) -> anyhow::Result<shoal_engine::EngineConfig
         log_max_size: (args.log_max_size > 0).then_some(args.log_max_size),
         log_max_files: args.log_max_files.max(1),
         insecure_registries: args.insecure_registries.clone(),
+        cgroup_parent: args.cgroup_parent.clone(),
     })
 }
 
