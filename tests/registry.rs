@@ -293,3 +293,61 @@ fn a_plain_http_registry_must_be_declared_insecure() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("leave out the scheme"), "{stderr}");
 }
+
+#[test]
+fn a_registry_behind_a_private_ca_is_trusted_with_registry_ca() {
+    if !prerequisites(false) {
+        return;
+    }
+    let (ca, chain, key) = shoal_testkit::registry::loopback_tls_certificates();
+    let registry = TestRegistry::start_with_tls(&chain, &key);
+    let name = format!("{}/busybox:tls", registry.host());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    let ca_file = dir.path().join("registry-ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+
+    // Without the CA, the certificate is refused in one line that says so.
+    let untrusting = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_in(untrusting.path(), &["--bridge", "none"]);
+    import_busybox(&daemon, &config, untrusting.path(), &name);
+    let out = cli(&daemon, &config, &["push", &name], None);
+    let line = out.one_line_error().to_owned();
+    assert!(
+        line.contains("does not trust") && line.contains("--registry-ca"),
+        "{line}"
+    );
+    drop(daemon);
+
+    // With it, push and pull work.
+    let mut daemon = Daemon::start_in(
+        dir.path(),
+        &[
+            "--bridge",
+            "none",
+            "--registry-ca",
+            ca_file.to_str().unwrap(),
+        ],
+    );
+    import_busybox(&daemon, &config, dir.path(), &name);
+    let out = cli(&daemon, &config, &["push", &name], None);
+    assert_eq!(out.code, 0, "{out:?}\n{}", registry.log());
+    cli(&daemon, &config, &["image", "rm", &name], None).ok();
+    let out = cli(&daemon, &config, &["pull", "-q", &name], None);
+    assert_eq!(out.ok().trim(), name);
+
+    // A file that holds no certificate stops the daemon at start, in one line.
+    daemon.terminate();
+    let bad = dir.path().join("not-a-ca.pem");
+    std::fs::write(&bad, "hello\n").unwrap();
+    let output = daemon
+        .daemon_command()
+        .arg("--registry-ca")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_ne!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no PEM certificate"), "{stderr}");
+}

@@ -141,6 +141,8 @@ pub struct EngineConfig {
     pub log_max_files: u32,
     /// `HOST[:PORT]` of registries reached over plain HTTP; all others are HTTPS.
     pub insecure_registries: Vec<String>,
+    /// PEM CA certificates trusted for HTTPS registries besides the system's roots.
+    pub registry_ca_pems: Vec<Vec<u8>>,
     /// Absolute cgroup path every container's cgroup is made under (`<parent>/<id>`), so that
     /// daemons sharing one machine never share a cgroup subtree. The daemon's default is
     /// `/shoal`.
@@ -244,6 +246,7 @@ impl Engine {
         let registry =
             shoal_image::registry::RegistryClient::new(shoal_image::registry::RegistryConfig {
                 insecure: config.insecure_registries.clone(),
+                extra_roots_pem: config.registry_ca_pems.clone(),
                 ..Default::default()
             });
         let fs_ops = filesystem::FsOps::new(&config.exec_root);

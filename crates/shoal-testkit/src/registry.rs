@@ -222,6 +222,29 @@ http:
     yaml
 }
 
+/// A CA and a certificate for `127.0.0.1` and `localhost` signed by it, for a TLS test registry:
+/// (CA PEM, server certificate PEM, server key PEM).
+pub fn loopback_tls_certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params
+        .clone()
+        .self_signed(&ca_key)
+        .expect("CA certificate");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().expect("server key");
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("server params");
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+    let server = params
+        .signed_by(&server_key, &issuer)
+        .expect("server certificate");
+    (ca_cert.pem(), server.pem(), server_key.serialize_pem())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

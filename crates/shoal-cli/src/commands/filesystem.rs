@@ -4,7 +4,6 @@
 
 mod local;
 
-
 use shoal_api::v1::{self, copy_from_chunk};
 use tokio::sync::mpsc;
 

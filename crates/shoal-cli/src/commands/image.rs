@@ -522,12 +522,8 @@ async fn load(global: &GlobalArgs, args: LoadArgs, io: &mut Stdio<'_>) -> Result
     Ok(0)
 }
 
-/// Docker will not write a tarball to a terminal.
 /// Docker's refusal to write an archive to a terminal.
-pub(crate) fn check_archive_target(
-    output: Option<&str>,
-    stdout_tty: bool,
-) -> Result<(), CliError> {
+pub(crate) fn check_archive_target(output: Option<&str>, stdout_tty: bool) -> Result<(), CliError> {
     if output.is_none() && stdout_tty {
         return Err(CliError::usage(
             "cowardly refusing to save to a terminal. Use the -o flag or redirect",

@@ -27,7 +27,9 @@ pub enum RegistryError {
     )]
     NotHttps { registry: String, reason: String },
     /// HTTPS works, but the registry's certificate does not check out.
-    #[error("registry {registry} presented a TLS certificate this host does not trust: {reason}")]
+    #[error(
+        "registry {registry} presented a TLS certificate this host does not trust: {reason} (trust its CA with `shoal daemon --registry-ca FILE`)"
+    )]
     UntrustedCertificate { registry: String, reason: String },
     /// The credentials sent were refused.
     #[error("unauthorized: incorrect username or password for {registry}")]

@@ -72,6 +72,37 @@ pub(crate) struct DaemonArgs {
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]",
           value_parser = parse_insecure_registry)]
     pub(crate) insecure_registries: Vec<String>,
+
+    /// PEM file of CA certificates trusted for HTTPS registries besides the system's roots
+    /// (repeatable), e.g. a registry behind a private CA.
+    #[arg(long = "registry-ca", value_name = "FILE")]
+    pub(crate) registry_cas: Vec<PathBuf>,
+}
+
+/// Reads a `--registry-ca` file now, so a bad one stops the daemon with one line instead of
+/// failing every pull later.
+fn read_registry_ca(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(path)
+        .with_context(|| format!("cannot read --registry-ca {}", path.display()))?;
+    let mut count = 0;
+    for certificate in CertificateDer::pem_slice_iter(&pem) {
+        certificate.map_err(|e| {
+            anyhow::anyhow!(
+                "--registry-ca {}: not a PEM certificate: {e}",
+                path.display()
+            )
+        })?;
+        count += 1;
+    }
+    if count == 0 {
+        anyhow::bail!(
+            "--registry-ca {}: no PEM certificate in the file",
+            path.display()
+        );
+    }
+    Ok(pem)
 }
 
 fn parse_insecure_registry(value: &str) -> Result<String, String> {
@@ -135,6 +166,11 @@ fn engine_config(args: &DaemonArgs) -> anyhow::Result<shoal_engine::EngineConfig
         log_max_size: (args.log_max_size > 0).then_some(args.log_max_size),
         log_max_files: args.log_max_files.max(1),
         insecure_registries: args.insecure_registries.clone(),
+        registry_ca_pems: args
+            .registry_cas
+            .iter()
+            .map(|path| read_registry_ca(path))
+            .collect::<anyhow::Result<_>>()?,
         cgroup_parent: args.cgroup_parent.clone(),
     })
 }

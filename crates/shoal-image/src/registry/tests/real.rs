@@ -225,29 +225,12 @@ async fn htpasswd_basic_auth_guards_push_pull_and_login() {
     );
 }
 
-/// A CA and a certificate for 127.0.0.1 signed by it: (CA PEM, server chain PEM, server key PEM).
-fn loopback_certificates() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.clone().self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
-    let server = params.signed_by(&server_key, &issuer).unwrap();
-    (ca_cert.pem(), server.pem(), server_key.serialize_pem())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_registries_are_verified_against_the_trusted_roots() {
     if !ready() {
         return;
     }
-    let (ca, chain, key) = loopback_certificates();
+    let (ca, chain, key) = shoal_testkit::registry::loopback_tls_certificates();
     let registry = TestRegistry::start_with_tls(&chain, &key);
     let name = format!("{}/busybox:tls", registry.host());
     let reference = Reference::parse(&name).unwrap();
