@@ -71,6 +71,33 @@ impl ContentStore {
         Ok(())
     }
 
+    /// Removes resumable partial downloads nobody has written to for `idle` (an abandoned
+    /// pull's); returns the bytes freed. A pull in progress touches its partial all the time.
+    pub(crate) fn prune_partials(&self, idle: std::time::Duration) -> Result<u64> {
+        let entries = fs::read_dir(&self.ingest).map_err(ImageError::io("read", &self.ingest))?;
+        let mut freed = 0;
+        for e in entries.flatten() {
+            if !e.file_name().to_string_lossy().ends_with(PARTIAL_SUFFIX) {
+                continue;
+            }
+            let Ok(meta) = e.metadata() else { continue };
+            let stale = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age >= idle);
+            if stale {
+                let path = e.path();
+                match fs::remove_file(&path) {
+                    Ok(()) => freed += meta.len(),
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(ImageError::io("remove", &path)(err)),
+                }
+            }
+        }
+        Ok(freed)
+    }
+
     /// Where a blob lives (whether or not it exists).
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.blobs.join(digest.hex())
@@ -365,6 +392,29 @@ impl Drop for BlobWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_idle_partials_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let mut abandoned = store.resume("sha256:abandoned").unwrap();
+        abandoned.write_all(b"half a layer").unwrap();
+        drop(abandoned);
+        let mut active = store.resume("sha256:active").unwrap();
+        active.write_all(b"being written").unwrap();
+        drop(active);
+        let two_hours_ago = filetime::FileTime::from_system_time(
+            std::time::SystemTime::now() - std::time::Duration::from_secs(7200),
+        );
+        filetime::set_file_mtime(store.partial_path("sha256:abandoned"), two_hours_ago).unwrap();
+
+        let freed = store
+            .prune_partials(std::time::Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(freed, b"half a layer".len() as u64);
+        assert!(!store.partial_path("sha256:abandoned").exists());
+        assert_eq!(store.resume("sha256:active").unwrap().offset(), 13);
+    }
 
     #[test]
     fn verified_write_resume_and_abort() {

@@ -33,6 +33,9 @@ pub(crate) const DOCKER_MANIFEST_LIST: &str =
 pub(crate) const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 const INDEX_FILE: &str = "repositories.json";
 
+/// A partial download untouched this long belongs to an abandoned pull; `gc` removes it.
+const ABANDONED_DOWNLOAD: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The node's image store. Cheap to share behind an `Arc`; all methods take `&self`.
 #[derive(Debug)]
 pub struct ImageStore {
@@ -634,6 +637,7 @@ impl ImageStore {
         }
         self.content.clean_temporaries()?;
         self.layers.clean_temporaries()?;
+        report.reclaimed_bytes += self.content.prune_partials(ABANDONED_DOWNLOAD)?;
         tracing::info!(
             blobs = report.removed_blobs.len(),
             layers = report.removed_layers.len(),
