@@ -287,8 +287,8 @@ pub(crate) fn archive_host_path(
         builder.mode(tar::HeaderMode::Complete);
         let result = (|| {
             match (&top, source.is_dir) {
-                (Some(name), true) => builder.append_dir_all(name, &source.path)?,
-                (None, _) => builder.append_dir_all("", &source.path)?,
+                (Some(name), true) => append_tree(&mut builder, &source.path, Path::new(name))?,
+                (None, _) => append_tree(&mut builder, &source.path, Path::new(""))?,
                 (Some(name), false) => builder.append_path_with_name(&source.path, name)?,
             }
             let mut writer = builder.into_inner()?;
@@ -299,6 +299,32 @@ pub(crate) fn archive_host_path(
         }
     });
     rx
+}
+
+/// Appends the directory `dir` as `name` (the empty name: only its contents) and everything
+/// below it, in a stable order. Sockets are skipped, as `docker cp` does: a tar cannot carry
+/// them and they mean nothing away from their listener.
+fn append_tree<W: Write>(builder: &mut tar::Builder<W>, dir: &Path, name: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    if !name.as_os_str().is_empty() {
+        builder.append_path_with_name(dir, name)?;
+    }
+    let mut entries = std::fs::read_dir(dir)?.collect::<io::Result<Vec<_>>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let kind = entry.file_type()?;
+        let path = entry.path();
+        let entry_name = name.join(entry.file_name());
+        if kind.is_socket() {
+            continue;
+        }
+        if kind.is_dir() {
+            append_tree(builder, &path, &entry_name)?;
+        } else {
+            builder.append_path_with_name(&path, &entry_name)?;
+        }
+    }
+    Ok(())
 }
 
 /// A directory's attributes from the archive, applied once everything inside it is written
@@ -545,6 +571,26 @@ mod tests {
         // A directory onto a file, a file to a missing directory: refused.
         assert!(place(true, &dest("/etc/f", true, false), "/etc/f").is_err());
         assert!(place(false, &dest("/nodir/", false, false), "/nodir/").is_err());
+    }
+
+    #[test]
+    fn directories_with_sockets_archive_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("app");
+        std::fs::create_dir_all(root.join("run")).unwrap();
+        std::fs::write(root.join("config"), b"x").unwrap();
+        let _listener = std::os::unix::net::UnixListener::bind(root.join("run/app.sock")).unwrap();
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.follow_symlinks(false);
+        append_tree(&mut builder, &root, Path::new("app")).unwrap();
+        let bytes = builder.into_inner().unwrap();
+        let mut names: Vec<String> = tar::Archive::new(&bytes[..])
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["app", "app/config", "app/run"]);
     }
 
     #[test]
