@@ -10,7 +10,14 @@ fn json(text: &str) -> serde_json::Value {
 }
 
 fn init(daemon: &Daemon) -> String {
-    let out = daemon.cli(&["swarm", "init", "--advertise-addr", "127.0.0.1:42377"]);
+    let out = daemon.cli(&[
+        "swarm",
+        "init",
+        "--advertise-addr",
+        "127.0.0.1:42377",
+        "--listen-addr",
+        "127.0.0.1:0",
+    ]);
     let stdout = out.ok();
     assert!(stdout.contains("Swarm initialized"), "{stdout}");
     let info = json(daemon.cli(&["info", "--format", "json"]).ok());
@@ -46,7 +53,14 @@ fn usage_mistakes_are_one_line_with_exit_code_2() {
 fn init_then_node_ls_shows_this_node_as_leader() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start_in(dir.path(), &[]);
-    let out = daemon.cli(&["swarm", "init", "--advertise-addr", "127.0.0.1:42377"]);
+    let out = daemon.cli(&[
+        "swarm",
+        "init",
+        "--advertise-addr",
+        "127.0.0.1:42377",
+        "--listen-addr",
+        "127.0.0.1:0",
+    ]);
     let text = out.ok();
     assert!(text.contains("Swarm initialized: current node ("), "{text}");
     assert!(text.contains("shoal swarm join --token SHTKN-1-"), "{text}");

@@ -11,6 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "control",
         "swarm",
         "raft",
+        "ca",
+        "dispatcher",
         "containers",
         "images",
         "volumes",

@@ -5,6 +5,7 @@
 use std::sync::{Arc, RwLock};
 
 use shoal_api::object::Object;
+use shoal_api::v1::control_client::ControlClient;
 use shoal_api::v1::control_server::{Control, ControlServer};
 use shoal_api::v1::*;
 use shoal_api::{id, validate};
@@ -16,9 +17,13 @@ use crate::bootstrap::{MIN_CERT_EXPIRY_SECS, remove, update};
 use crate::{Manager, ManagerError, now_timestamp};
 
 /// The manager this host currently runs, if any. The daemon fills it on `swarm init` (or at
-/// start when the host is already a manager) and empties it on `swarm leave`.
+/// start when the host is already a manager) and empties it on `swarm leave`. It also knows
+/// whether this host is a worker, so refusals can say which it is.
 #[derive(Clone, Default)]
-pub struct ManagerSlot(Arc<RwLock<Option<Arc<Manager>>>>);
+pub struct ManagerSlot(
+    Arc<RwLock<Option<Arc<Manager>>>>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
 
 impl ManagerSlot {
     pub fn set(&self, manager: Option<Arc<Manager>>) {
@@ -26,6 +31,15 @@ impl ManagerSlot {
             .0
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = manager;
+    }
+
+    /// Records whether this host is a worker of a swarm (it then holds no manager).
+    pub fn set_worker(&self, worker: bool) {
+        self.1.store(worker, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_worker(&self) -> bool {
+        self.1.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn get(&self) -> Option<Arc<Manager>> {
@@ -47,6 +61,11 @@ impl ControlApi {
     }
 
     fn manager(&self) -> Result<Arc<Manager>, ManagerError> {
+        if self.slot.is_worker() {
+            return Err(ManagerError::FailedPrecondition(
+                "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.".to_owned(),
+            ));
+        }
         self.slot.get().ok_or_else(|| {
             ManagerError::FailedPrecondition(
                 "this node is not a swarm manager: use \"shoal swarm init\" or \"shoal swarm join\" to connect it to a swarm"
@@ -62,6 +81,67 @@ impl ControlApi {
 
 type Reply<T> = Result<Response<T>, Status>;
 
+/// On a follower, sends the call to the leader (with the caller's identity) and returns its
+/// answer; on the leader, falls through.
+macro_rules! leader_or_forward {
+    ($manager:ident, $request:ident, $method:ident) => {
+        if let Some(channel) = $manager.leader_channel(&$request)? {
+            let forwarded = crate::forward::forwarded(
+                &$request,
+                $request.get_ref().clone(),
+                $manager.node_id(),
+            );
+            return ControlClient::new(channel)
+                .$method(forwarded)
+                .await
+                .map_err(crate::from_leader);
+        }
+    };
+}
+
+/// Raft ids of the voters the leader can count on: voters whose node is not Down.
+fn quorum_after_removing(manager: &Manager, view: &View, raft_id: u64) -> (usize, usize) {
+    let voters: Vec<u64> = manager
+        .log()
+        .status()
+        .voters
+        .into_iter()
+        .filter(|v| *v != raft_id)
+        .collect();
+    let reachable = voters
+        .iter()
+        .filter(|v| {
+            view.iter::<Node>().any(|n| {
+                n.manager_status.as_ref().is_some_and(|m| m.raft_id == **v)
+                    && n.status.as_ref().map_or(0, |s| s.state) != NodeState::Down as i32
+            })
+        })
+        .count();
+    (reachable, voters.len())
+}
+
+/// Refuses a change that takes `node`'s vote away when the remaining reachable voters would
+/// not be a majority of the remaining voters.
+fn ensure_quorum_without(
+    manager: &Manager,
+    view: &View,
+    node: &Node,
+    action: &str,
+) -> Result<(), ManagerError> {
+    let Some(status) = node.manager_status.as_ref() else {
+        return Ok(());
+    };
+    let (reachable, voters) = quorum_after_removing(manager, view, status.raft_id);
+    if voters == 0 || reachable < voters / 2 + 1 {
+        return Err(ManagerError::FailedPrecondition(format!(
+            "can't {action} node {}: the swarm would lose its quorum of managers ({reachable} of {voters} remaining managers reachable, {} needed)",
+            node.id,
+            voters / 2 + 1
+        )));
+    }
+    Ok(())
+}
+
 fn node_hostname(node: &Node) -> &str {
     node.description
         .as_ref()
@@ -72,8 +152,16 @@ fn node_hostname(node: &Node) -> &str {
 /// flag is only what was true at the node's last write.
 fn with_live_leadership(mut node: Node, manager: &Manager) -> Node {
     let status = manager.log().status();
+    let down = node.status.as_ref().map_or(0, |s| s.state) == NodeState::Down as i32;
     if let Some(manager_status) = node.manager_status.as_mut() {
         manager_status.leader = status.leader_id == Some(manager_status.raft_id);
+        manager_status.reachability = if manager_status.leader {
+            Reachability::Reachable
+        } else if down || !status.members.contains_key(&manager_status.raft_id) {
+            Reachability::Unreachable
+        } else {
+            Reachability::Reachable
+        } as i32;
     }
     node
 }
@@ -208,6 +296,7 @@ fn touch<T: Object>(object: &mut T, version: u64) {
 impl Control for ControlApi {
     async fn get_node(&self, request: Request<GetNodeRequest>) -> Reply<GetNodeResponse> {
         let manager = self.manager()?;
+        leader_or_forward!(manager, request, get_node);
         let view = manager.current_view().await?;
         let node = lookup_node(&view, &request.get_ref().node)?;
         Ok(Response::new(GetNodeResponse {
@@ -217,6 +306,7 @@ impl Control for ControlApi {
 
     async fn list_nodes(&self, request: Request<ListNodesRequest>) -> Reply<ListNodesResponse> {
         let manager = self.manager()?;
+        leader_or_forward!(manager, request, list_nodes);
         let view = manager.current_view().await?;
         let filters = &request.get_ref().filters;
         let nodes = view
@@ -237,6 +327,7 @@ impl Control for ControlApi {
 
     async fn update_node(&self, request: Request<UpdateNodeRequest>) -> Reply<UpdateNodeResponse> {
         let manager = self.manager()?;
+        leader_or_forward!(manager, request, update_node);
         let request = request.into_inner();
         let spec = request
             .spec
@@ -269,6 +360,22 @@ impl Control for ControlApi {
                 ))
                 .into());
             }
+            ensure_quorum_without(&manager, &view, &node, "demote")?;
+        }
+        // A demoted manager leaves raft first, then its role flips (as swarm's role manager
+        // does): a store that says "worker" about a raft voter would lie about quorum.
+        if demoting
+            && node.role == NodeRole::Manager as i32
+            && let Some(status) = node.manager_status.take()
+        {
+            manager
+                .log()
+                .remove_node(status.raft_id)
+                .await
+                .map_err(|e| {
+                    ManagerError::Unavailable(format!("cannot remove the manager from raft: {e}"))
+                })?;
+            node.role = NodeRole::Worker as i32;
         }
         node.spec = Some(spec);
         touch(&mut node, request.version);
@@ -283,6 +390,7 @@ impl Control for ControlApi {
 
     async fn remove_node(&self, request: Request<RemoveNodeRequest>) -> Reply<RemoveNodeResponse> {
         let manager = self.manager()?;
+        leader_or_forward!(manager, request, remove_node);
         let request = request.into_inner();
         let view = manager.current_view().await?;
         let node = lookup_node(&view, &request.node_id)?;
@@ -294,11 +402,25 @@ impl Control for ControlApi {
             .into());
         }
         if node.role == NodeRole::Manager as i32 {
-            return Err(ManagerError::FailedPrecondition(format!(
-                "node {} is a manager and a member of the raft cluster: demote it before removing it",
-                node.id
-            ))
-            .into());
+            if !request.force {
+                return Err(ManagerError::FailedPrecondition(format!(
+                    "node {} is a manager and a member of the raft cluster: demote it before removing it, or use --force",
+                    node.id
+                ))
+                .into());
+            }
+            ensure_quorum_without(&manager, &view, &node, "remove")?;
+            if let Some(status) = &node.manager_status {
+                manager
+                    .log()
+                    .remove_node(status.raft_id)
+                    .await
+                    .map_err(|e| {
+                        ManagerError::Unavailable(format!(
+                            "cannot remove the manager from raft: {e}"
+                        ))
+                    })?;
+            }
         }
         let state = node.status.as_ref().map_or(0, |s| s.state);
         if !request.force && state != NodeState::Down as i32 {
@@ -333,8 +455,9 @@ impl Control for ControlApi {
         Ok(Response::new(RemoveNodeResponse {}))
     }
 
-    async fn get_cluster(&self, _request: Request<GetClusterRequest>) -> Reply<GetClusterResponse> {
+    async fn get_cluster(&self, request: Request<GetClusterRequest>) -> Reply<GetClusterResponse> {
         let manager = self.manager()?;
+        leader_or_forward!(manager, request, get_cluster);
         let view = manager.current_view().await?;
         let cluster = the_cluster(&view)?;
         Ok(Response::new(GetClusterResponse {
@@ -347,6 +470,7 @@ impl Control for ControlApi {
         request: Request<UpdateClusterRequest>,
     ) -> Reply<UpdateClusterResponse> {
         let manager = self.manager()?;
+        leader_or_forward!(manager, request, update_cluster);
         let request = request.into_inner();
         let spec = request
             .spec
@@ -387,6 +511,7 @@ impl Control for ControlApi {
         request: Request<CreateConfigRequest>,
     ) -> Reply<CreateConfigResponse> {
         let manager = self.manager()?;
+        leader_or_forward!(manager, request, create_config);
         let spec = request
             .into_inner()
             .spec
@@ -421,6 +546,7 @@ impl Control for ControlApi {
 
     async fn get_config(&self, request: Request<GetConfigRequest>) -> Reply<GetConfigResponse> {
         let manager = self.manager()?;
+        leader_or_forward!(manager, request, get_config);
         let view = manager.current_view().await?;
         let config = view
             .lookup::<Config>(&request.get_ref().config)
@@ -436,6 +562,7 @@ impl Control for ControlApi {
         request: Request<UpdateConfigRequest>,
     ) -> Reply<UpdateConfigResponse> {
         let manager = self.manager()?;
+        leader_or_forward!(manager, request, update_config);
         let request = request.into_inner();
         let spec = request
             .spec
@@ -477,6 +604,7 @@ impl Control for ControlApi {
         request: Request<ListConfigsRequest>,
     ) -> Reply<ListConfigsResponse> {
         let manager = self.manager()?;
+        leader_or_forward!(manager, request, list_configs);
         let view = manager.current_view().await?;
         let filters = &request.get_ref().filters;
         let configs = view
@@ -499,6 +627,7 @@ impl Control for ControlApi {
         request: Request<RemoveConfigRequest>,
     ) -> Reply<RemoveConfigResponse> {
         let manager = self.manager()?;
+        leader_or_forward!(manager, request, remove_config);
         let view = manager.current_view().await?;
         let config = view
             .lookup::<Config>(&request.get_ref().config_id)

@@ -1,20 +1,29 @@
 //! The manager role: commits transactions through the replicated log, serves the control API,
 //! and creates the first cluster objects at `swarm init`.
 
+pub mod authz;
 pub mod bootstrap;
+pub mod ca;
 pub mod control;
+pub mod dispatcher;
 pub mod error;
+pub mod forward;
+pub mod membership;
 pub mod state_machine;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use prost::Message;
 use shoal_api::v1::{Transaction, TransactionResult, transaction_result::Outcome};
 use shoal_raft::{ProposeError, ReplicatedLog};
 use shoal_store::{Store, View};
+use tonic::Request;
+use tonic::transport::Channel;
 
 pub use error::ManagerError;
+pub use forward::Dialer;
 
 /// A running manager: the store every manager holds, and the log that feeds it.
 pub struct Manager {
@@ -22,6 +31,10 @@ pub struct Manager {
     log: Arc<ReplicatedLog>,
     node_id: String,
     cluster_id: String,
+    dialer: Option<Dialer>,
+    /// One channel per leader address: forwarded calls reuse the connection.
+    channels: Mutex<HashMap<String, Channel>>,
+    pub(crate) liveness: dispatcher::Liveness,
 }
 
 impl Manager {
@@ -31,7 +44,56 @@ impl Manager {
             log,
             node_id,
             cluster_id,
+            dialer: None,
+            channels: Mutex::default(),
+            liveness: dispatcher::Liveness::default(),
         }
+    }
+
+    /// Lets this manager reach the others (to forward leader-bound calls).
+    pub fn with_dialer(mut self, dialer: Dialer) -> Self {
+        self.dialer = Some(dialer);
+        self
+    }
+
+    /// True when the certificate with `serial_hex`, or any certificate of `node_id`, is revoked.
+    pub fn is_revoked(&self, serial_hex: &str, node_id: &str) -> bool {
+        let view = self.store.view();
+        view.cluster().is_some_and(|cluster| {
+            cluster
+                .revoked_certificates
+                .iter()
+                .any(|r| r.serial == serial_hex || r.node_id == node_id)
+        })
+    }
+
+    /// `None` when this manager is the leader (handle the call here), else a channel to the
+    /// leader. A call that a follower already forwarded is never forwarded again.
+    pub fn leader_channel<T>(&self, request: &Request<T>) -> Result<Option<Channel>, ManagerError> {
+        let status = self.log.status();
+        if status.is_leader {
+            return Ok(None);
+        }
+        let no_leader = || {
+            ManagerError::Unavailable(
+                "the swarm does not have a leader: it may have lost its quorum of managers; wait for an election, or restore quorum".to_owned(),
+            )
+        };
+        if forward::origin(request).forwarded {
+            return Err(ManagerError::Unavailable(
+                "leadership moved while the request was forwarded; retry".to_owned(),
+            ));
+        }
+        let leader = status.leader_id.ok_or_else(no_leader)?;
+        let addr = status.members.get(&leader).cloned().ok_or_else(no_leader)?;
+        let dialer = self.dialer.as_ref().ok_or_else(no_leader)?;
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(&addr) {
+            return Ok(Some(channel.clone()));
+        }
+        let channel = dialer(&addr).map_err(ManagerError::Unavailable)?;
+        channels.insert(addr, channel.clone());
+        Ok(Some(channel))
     }
 
     pub fn store(&self) -> &Store {
@@ -101,6 +163,21 @@ fn propose_error(error: ProposeError) -> ManagerError {
             ManagerError::Unavailable("the manager is shutting down".to_owned())
         }
         other => ManagerError::Internal(other.to_string()),
+    }
+}
+
+/// A status from the leader, passed on as is; a transport failure becomes one line naming it.
+pub(crate) fn from_leader(status: tonic::Status) -> tonic::Status {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown
+            if status.message().contains("transport") || status.message().is_empty() =>
+        {
+            tonic::Status::unavailable(format!(
+                "cannot reach the swarm leader: {}",
+                status.message()
+            ))
+        }
+        _ => status,
     }
 }
 

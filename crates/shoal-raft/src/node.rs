@@ -322,6 +322,11 @@ impl ReplicatedLog {
         }
     }
 
+    /// True once [`ReplicatedLog::shutdown`] has been called.
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
     pub fn is_leader(&self) -> bool {
         self.status().is_leader
     }

@@ -39,6 +39,9 @@ pub(crate) struct SwarmState {
     pub(crate) role: String,
     pub(crate) advertise_addr: String,
     pub(crate) listen_addr: String,
+    /// host:port of managers a worker heartbeats (refreshed from the managers' answers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) managers: Vec<String>,
 }
 
 impl DataRoot {
@@ -195,6 +198,7 @@ mod tests {
             role: "manager".into(),
             advertise_addr: "10.0.0.1:2377".into(),
             listen_addr: "0.0.0.0:2377".into(),
+            managers: Vec::new(),
         }
     }
 

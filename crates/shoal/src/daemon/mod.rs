@@ -1,6 +1,7 @@
 //! `shoal daemon`: opens the data root, resumes this host's role, and serves the local API on
 //! a unix socket until SIGTERM or SIGINT.
 
+mod cluster;
 mod data_root;
 mod host;
 mod socket;

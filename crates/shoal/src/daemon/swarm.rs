@@ -1,32 +1,49 @@
-//! This host's membership: the local `shoal.v1.Swarm` service (init, join, leave, info) and
-//! the life cycle of the manager it runs. Only the daemon's unix socket serves it.
+//! This host's membership: the local `shoal.v1.Swarm` service (init, join, leave, info), the
+//! life cycle of the manager it runs (log, cluster listener, liveness loop) and of the
+//! heartbeat session every node keeps with the managers. Only the daemon's unix socket serves
+//! the Swarm service.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use rustls::{ClientConfig, ServerConfig};
+use shoal_api::v1::dispatcher_client::DispatcherClient;
+use shoal_api::v1::node_ca_client::NodeCaClient;
+use shoal_api::v1::raft_membership_client::RaftMembershipClient;
 use shoal_api::v1::swarm_server::{Swarm, SwarmServer};
 use shoal_api::v1::{
-    ClusterSpec, InfoRequest, InfoResponse, InitRequest, InitResponse, JoinRequest, JoinResponse,
-    LeaveRequest, LeaveResponse, LocalNodeState, Node, NodeRole, RaftInfo,
+    ClusterSpec, GetRootCaCertificateRequest, HeartbeatRequest, InfoRequest, InfoResponse,
+    InitRequest, InitResponse, IssueNodeCertificateRequest, JoinRequest, JoinResponse,
+    LeaveRequest, LeaveResponse, LocalNodeState, Node, NodeRole, RaftInfo, RaftJoinRequest,
 };
 use shoal_api::{id, object::Object};
 use shoal_manager::bootstrap::{Bootstrap, default_cluster_spec};
 use shoal_manager::control::ManagerSlot;
 use shoal_manager::state_machine::StoreStateMachine;
-use shoal_manager::{Manager, ManagerError};
-use shoal_pki::{NodeCertRequest, NodeCertificates, NodeKey, Role, RootCa};
-use shoal_raft::{RaftConfig, ReplicatedLog};
+use shoal_manager::{Dialer, Manager, ManagerError};
+use shoal_pki::{JoinToken, NodeCertRequest, NodeCertificates, NodeKey, Role, RootCa};
+use shoal_raft::{GrpcNetwork, RaftConfig, ReplicatedLog};
 use shoal_store::Store;
+use tokio::net::TcpListener;
 use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
 
+use super::cluster;
 use super::data_root::{DataRoot, STATE_FORMAT, SwarmState};
 use super::host;
 
 /// The manager listener's port when the user names none.
 pub(crate) const DEFAULT_PORT: u16 = 2377;
+/// Bound on each remote call of a join (root fetch, certificate issuance).
+const JOIN_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on a new manager's raft join (learner catch-up included) and on applying the log.
+const RAFT_JOIN_TIMEOUT: Duration = Duration::from_secs(90);
+/// Heartbeat period used until a manager tells the node the cluster's.
+const FIRST_HEARTBEAT_PERIOD: Duration = Duration::from_secs(1);
 
 /// Settings the daemon passes down to the managers it starts.
 #[derive(Clone, Debug)]
@@ -34,10 +51,48 @@ pub(crate) struct ManagerOptions {
     pub(crate) group_commit: bool,
 }
 
-/// A manager this host runs: its log (to shut it down) and the state file it was started from.
-struct ActiveManager {
-    manager: Arc<Manager>,
+/// The TLS configurations made from this node's certificates.
+#[derive(Clone)]
+struct Tls {
+    client: Arc<ClientConfig>,
+    server: Arc<ServerConfig>,
+}
+
+impl Tls {
+    fn new(certs: &NodeCertificates) -> anyhow::Result<Tls> {
+        Ok(Tls {
+            client: Arc::new(shoal_pki::client_config(certs)?),
+            server: Arc::new(shoal_pki::server_config(certs)?),
+        })
+    }
+
+    fn dialer(&self) -> Dialer {
+        let client = self.client.clone();
+        Arc::new(move |addr: &str| cluster::channel(addr, client.clone()))
+    }
+}
+
+/// This host's part in a swarm while it is in one.
+struct Active {
     state: SwarmState,
+    manager: Option<Arc<Manager>>,
+    listener: Option<cluster::Listener>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Active {
+    /// Stops everything this membership runs, leaving its state on disk.
+    async fn stop(mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        if let Some(listener) = self.listener.take() {
+            listener.stop().await;
+        }
+        if let Some(manager) = self.manager.take() {
+            manager.log().shutdown().await;
+        }
+    }
 }
 
 /// Everything the local Swarm service changes; one lock so that init, join and leave never
@@ -47,23 +102,28 @@ pub(crate) struct Membership {
     exec_root: std::path::PathBuf,
     options: ManagerOptions,
     slot: ManagerSlot,
-    active: Mutex<Option<ActiveManager>>,
+    active: Mutex<Option<Active>>,
+}
+
+fn unusable(data_root: &DataRoot) -> String {
+    format!(
+        "data root {} is unusable; refusing to start (nothing was changed: move it away to start afresh)",
+        data_root.path().display()
+    )
 }
 
 impl Membership {
-    /// Loads the data root's swarm state and, when this host is a manager, starts its manager.
+    /// Loads the data root's swarm state and resumes this host's part: a manager's log and
+    /// listener, and every node's heartbeat session.
     pub(crate) async fn start(
         data_root: DataRoot,
         exec_root: std::path::PathBuf,
         options: ManagerOptions,
         slot: ManagerSlot,
     ) -> anyhow::Result<Membership> {
-        let state = data_root.load_state().with_context(|| {
-            format!(
-                "data root {} is unusable; refusing to start (nothing was changed: move it away to start afresh)",
-                data_root.path().display()
-            )
-        })?;
+        let state = data_root
+            .load_state()
+            .with_context(|| unusable(&data_root))?;
         let membership = Membership {
             data_root,
             exec_root,
@@ -72,39 +132,138 @@ impl Membership {
             active: Mutex::new(None),
         };
         if let Some(state) = state {
-            let manager = membership.open_manager(&state).await.with_context(|| {
-                format!(
-                    "data root {} is unusable; refusing to start (nothing was changed: move it away to start afresh)",
-                    membership.data_root.path().display()
-                )
-            })?;
-            tracing::info!(node_id = %state.node_id, cluster_id = %state.cluster_id, "manager resumed");
-            membership.slot.set(Some(manager.clone()));
-            *membership.active.lock().await = Some(ActiveManager { manager, state });
+            let active = membership
+                .resume(state)
+                .await
+                .with_context(|| unusable(&membership.data_root))?;
+            *membership.active.lock().await = Some(active);
         }
         Ok(membership)
     }
 
-    /// Opens the certificates and the replicated log of an existing manager.
-    async fn open_manager(&self, state: &SwarmState) -> anyhow::Result<Arc<Manager>> {
+    async fn resume(&self, state: SwarmState) -> anyhow::Result<Active> {
         // Loading checks the key, certificate and root belong together; a damaged set stops
         // the start here rather than at the first peer connection.
-        NodeCertificates::load(&self.data_root.certificates_dir())?;
+        let certs = NodeCertificates::load(&self.data_root.certificates_dir())?;
+        let tls = Tls::new(&certs)?;
+        if state.role != "manager" {
+            tracing::info!(node_id = %state.node_id, cluster_id = %state.cluster_id, "worker resumed");
+            return Ok(self.start_worker(state, &tls));
+        }
         let store = Store::new();
+        let log = self.open_log(&state, &store, &tls).await?;
+        // A lone voter elects itself at once; waiting keeps the first command after a restart
+        // from racing the election. With peers, quorum may need this node's listener, so no
+        // waiting here.
+        if log.status().voters.len() <= 1 {
+            wait_for_leader(&log, Duration::from_secs(10)).await?;
+        }
+        let manager = self.manager(&state, store, log, &tls);
+        let listen: SocketAddr = state.listen_addr.parse().with_context(|| {
+            format!(
+                "invalid listen address {:?} in state.json",
+                state.listen_addr
+            )
+        })?;
+        let tcp = match cluster::bind(listen).await {
+            Ok(tcp) => Some(tcp),
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), "cluster listener not opened; retrying in the background");
+                None
+            }
+        };
+        tracing::info!(node_id = %state.node_id, cluster_id = %state.cluster_id, "manager resumed");
+        Ok(self.start_manager(state, manager, &tls, tcp, Some(listen)))
+    }
+
+    async fn open_log(
+        &self,
+        state: &SwarmState,
+        store: &Store,
+        tls: &Tls,
+    ) -> anyhow::Result<Arc<ReplicatedLog>> {
+        let dialer = tls.dialer();
+        let network = GrpcNetwork::new(move |addr| dialer(addr));
         let log = ReplicatedLog::open(
             self.raft_config(state.raft_id),
             Arc::new(StoreStateMachine::new(store.clone())),
-            Arc::new(NoPeers),
+            Arc::new(network),
         )
         .await?;
-        let log = Arc::new(log);
-        wait_for_leader(&log, Duration::from_secs(10)).await?;
-        Ok(Arc::new(Manager::new(
-            store,
-            log,
-            state.node_id.clone(),
-            state.cluster_id.clone(),
-        )))
+        Ok(Arc::new(log))
+    }
+
+    fn manager(
+        &self,
+        state: &SwarmState,
+        store: Store,
+        log: Arc<ReplicatedLog>,
+        tls: &Tls,
+    ) -> Arc<Manager> {
+        Arc::new(
+            Manager::new(store, log, state.node_id.clone(), state.cluster_id.clone())
+                .with_dialer(tls.dialer()),
+        )
+    }
+
+    /// Puts `manager` in service: the slot (local control API), the cluster listener (now on
+    /// `tcp`, or retried in the background on `listen`), the liveness loop and the heartbeat.
+    fn start_manager(
+        &self,
+        state: SwarmState,
+        manager: Arc<Manager>,
+        tls: &Tls,
+        tcp: Option<TcpListener>,
+        listen: Option<SocketAddr>,
+    ) -> Active {
+        self.slot.set_worker(false);
+        self.slot.set(Some(manager.clone()));
+        let mut tasks = vec![tokio::spawn(shoal_manager::dispatcher::run_liveness(
+            manager.clone(),
+        ))];
+        let log = (**manager.log()).clone();
+        let listener = match (tcp, listen) {
+            (Some(tcp), _) => Some(cluster::serve(
+                tcp,
+                tls.server.clone(),
+                self.slot.clone(),
+                log,
+            )),
+            (None, Some(listen)) => {
+                tasks.push(tokio::spawn(retry_listener(
+                    listen,
+                    tls.server.clone(),
+                    self.slot.clone(),
+                    log,
+                )));
+                None
+            }
+            (None, None) => None,
+        };
+        let mut managers = vec![state.advertise_addr.clone()];
+        managers.extend(state.managers.iter().cloned());
+        tasks.push(tokio::spawn(heartbeat_loop(tls.client.clone(), managers)));
+        Active {
+            state,
+            manager: Some(manager),
+            listener,
+            tasks,
+        }
+    }
+
+    fn start_worker(&self, state: SwarmState, tls: &Tls) -> Active {
+        self.slot.set(None);
+        self.slot.set_worker(true);
+        let tasks = vec![tokio::spawn(heartbeat_loop(
+            tls.client.clone(),
+            state.managers.clone(),
+        ))];
+        Active {
+            state,
+            manager: None,
+            listener: None,
+            tasks,
+        }
     }
 
     fn raft_config(&self, raft_id: u64) -> RaftConfig {
@@ -145,6 +304,11 @@ impl Membership {
         if let Some(given) = request.spec {
             merge_spec(&mut spec, given);
         }
+        // Bound before anything is written: a taken port fails init with nothing to undo.
+        let tcp = cluster::bind(listen)
+            .await
+            .map_err(|e| ManagerError::FailedPrecondition(format!("{e:#}")))?;
+        let listen = tcp.local_addr().unwrap_or(listen);
         let state = SwarmState {
             format: STATE_FORMAT,
             complete: false,
@@ -154,9 +318,10 @@ impl Membership {
             role: "manager".to_owned(),
             advertise_addr: advertise.to_string(),
             listen_addr: listen.to_string(),
+            managers: Vec::new(),
         };
         match self.create_swarm(&state, spec).await {
-            Ok(manager) => {
+            Ok((manager, tls)) => {
                 let mut done = state.clone();
                 done.complete = true;
                 if let Err(error) = self.data_root.save_state(&done) {
@@ -164,12 +329,8 @@ impl Membership {
                     let _ = self.data_root.remove_swarm();
                     return Err(ManagerError::Internal(format!("{error:#}")));
                 }
-                tracing::info!(node_id = %done.node_id, cluster_id = %done.cluster_id, %advertise, "swarm initialized");
-                self.slot.set(Some(manager.clone()));
-                *active = Some(ActiveManager {
-                    manager,
-                    state: done.clone(),
-                });
+                tracing::info!(node_id = %done.node_id, cluster_id = %done.cluster_id, %advertise, %listen, "swarm initialized");
+                *active = Some(self.start_manager(done.clone(), manager, &tls, Some(tcp), None));
                 Ok(InitResponse {
                     node_id: done.node_id,
                     cluster_id: done.cluster_id,
@@ -190,7 +351,7 @@ impl Membership {
         &self,
         state: &SwarmState,
         spec: ClusterSpec,
-    ) -> anyhow::Result<Arc<Manager>> {
+    ) -> anyhow::Result<(Arc<Manager>, Tls)> {
         self.data_root.save_state(state)?;
         let root = RootCa::generate()?;
         let key = NodeKey::generate()?;
@@ -209,31 +370,20 @@ impl Membership {
                 validity: Duration::from_secs(expiry),
             },
         )?;
-        NodeCertificates {
+        let certs = NodeCertificates {
             key,
             cert_pem: issued.cert_pem.clone(),
             root_ca_pem: root.cert_pem().to_owned(),
-        }
-        .save(&self.data_root.certificates_dir())?;
+        };
+        certs.save(&self.data_root.certificates_dir())?;
+        let tls = Tls::new(&certs)?;
 
         let store = Store::new();
-        let log = Arc::new(
-            ReplicatedLog::open(
-                self.raft_config(state.raft_id),
-                Arc::new(StoreStateMachine::new(store.clone())),
-                Arc::new(NoPeers),
-            )
-            .await?,
-        );
+        let log = self.open_log(state, &store, &tls).await?;
         let result = async {
             log.initialize_single(state.advertise_addr.clone()).await?;
             wait_for_leader(&log, Duration::from_secs(10)).await?;
-            let manager = Arc::new(Manager::new(
-                store,
-                log.clone(),
-                state.node_id.clone(),
-                state.cluster_id.clone(),
-            ));
+            let manager = self.manager(state, store, log.clone(), &tls);
             let advertise: SocketAddr = state.advertise_addr.parse()?;
             let bootstrap = Bootstrap {
                 cluster_id: &state.cluster_id,
@@ -250,10 +400,197 @@ impl Membership {
             anyhow::Ok(manager)
         }
         .await;
-        if result.is_err() {
-            log.shutdown().await;
+        match result {
+            Ok(manager) => Ok((manager, tls)),
+            Err(error) => {
+                log.shutdown().await;
+                Err(error)
+            }
         }
-        result
+    }
+
+    async fn join(&self, request: JoinRequest) -> Result<JoinResponse, ManagerError> {
+        let mut active = self.active.lock().await;
+        if active.is_some() {
+            return Err(ManagerError::FailedPrecondition(
+                "this node is already part of a swarm: use \"shoal swarm leave\" to leave it before joining another".to_owned(),
+            ));
+        }
+        let remote = request
+            .remote_addrs
+            .first()
+            .filter(|r| !r.is_empty())
+            .cloned()
+            .ok_or_else(|| {
+                ManagerError::InvalidArgument("no manager address to join through".to_owned())
+            })?;
+        let token = JoinToken::parse(&request.join_token)
+            .map_err(|e| ManagerError::InvalidArgument(e.to_string()))?;
+        let listen = parse_addr("listen", &request.listen_addr, "0.0.0.0")?;
+        let advertise = if request.advertise_addr.is_empty() {
+            None
+        } else {
+            let addr = parse_addr("advertise", &request.advertise_addr, "")?;
+            if addr.ip().is_unspecified() {
+                return Err(ManagerError::InvalidArgument(format!(
+                    "advertise address {addr} is unspecified: give the address other hosts reach this one at"
+                )));
+            }
+            Some(addr)
+        };
+
+        // 1. The root CA, over a connection that proves nothing, checked against the token.
+        let root_pem = fetch_root_ca(&remote).await?;
+        token.pins(root_pem.as_bytes()).map_err(|_| {
+            ManagerError::InvalidArgument(format!(
+                "the root CA does not match the join token: the manager at {remote} is not the swarm this token was made for"
+            ))
+        })?;
+
+        // 2. A fresh key; the CA decides the rest.
+        let key = NodeKey::generate().map_err(internal)?;
+        let csr = key.csr_pem().map_err(internal)?;
+        let description = host::description();
+        let issued = issue_certificate(
+            &remote,
+            &root_pem,
+            IssueNodeCertificateRequest {
+                token: request.join_token.clone(),
+                csr,
+                advertise_addr: advertise.map(|a| a.to_string()).unwrap_or_default(),
+                listen_addr: listen.to_string(),
+                hostname: description.hostname.clone(),
+                description: Some(description),
+            },
+        )
+        .await?;
+        let certs = NodeCertificates {
+            key,
+            cert_pem: issued.certificate.clone(),
+            root_ca_pem: root_pem,
+        };
+        certs.validate().map_err(|e| {
+            ManagerError::Internal(format!("the manager returned an unusable certificate: {e}"))
+        })?;
+        let tls = Tls::new(&certs).map_err(internal)?;
+        let role = if issued.role == NodeRole::Manager as i32 {
+            "manager"
+        } else {
+            "worker"
+        };
+        // A manager's listener is bound before anything is written, as at init.
+        let tcp = if role == "manager" {
+            Some(
+                cluster::bind(listen)
+                    .await
+                    .map_err(|e| ManagerError::FailedPrecondition(format!("{e:#}")))?,
+            )
+        } else {
+            None
+        };
+        let listen = tcp
+            .as_ref()
+            .and_then(|t| t.local_addr().ok())
+            .unwrap_or(listen);
+        let state = SwarmState {
+            format: STATE_FORMAT,
+            complete: false,
+            node_id: issued.node_id.clone(),
+            cluster_id: issued.cluster_id.clone(),
+            raft_id: issued.raft_id,
+            role: role.to_owned(),
+            advertise_addr: issued.advertise_addr.clone(),
+            listen_addr: listen.to_string(),
+            managers: vec![remote.clone()],
+        };
+        let started = async {
+            self.data_root.save_state(&state)?;
+            certs.save(&self.data_root.certificates_dir())?;
+            anyhow::Ok(())
+        }
+        .await;
+        let joined = match started {
+            Err(error) => Err(ManagerError::Internal(format!("{error:#}"))),
+            Ok(()) if role == "manager" => self.join_raft(&state, &tls, tcp, &remote).await,
+            Ok(()) => Ok(self.start_worker(state.clone(), &tls)),
+        };
+        let done = match joined {
+            Ok(mut joined) => {
+                joined.state.complete = true;
+                match self.data_root.save_state(&joined.state) {
+                    Ok(()) => Ok(joined),
+                    Err(error) => {
+                        joined.stop().await;
+                        Err(ManagerError::Internal(format!("{error:#}")))
+                    }
+                }
+            }
+            Err(error) => Err(error),
+        };
+        match done {
+            Ok(joined) => {
+                tracing::info!(node_id = %state.node_id, %role, %remote, "joined the swarm");
+                *active = Some(joined);
+                Ok(JoinResponse {
+                    node_id: state.node_id,
+                    cluster_id: state.cluster_id,
+                })
+            }
+            Err(error) => {
+                tracing::error!(%error, "swarm join failed");
+                self.slot.set(None);
+                self.slot.set_worker(false);
+                let _ = self.data_root.remove_swarm();
+                Err(error)
+            }
+        }
+    }
+
+    /// A new manager: an empty log served on the listener, the leader adds it as learner and
+    /// then voter, and it is ready once it has applied its own Node object.
+    async fn join_raft(
+        &self,
+        state: &SwarmState,
+        tls: &Tls,
+        tcp: Option<TcpListener>,
+        remote: &str,
+    ) -> Result<Active, ManagerError> {
+        let store = Store::new();
+        let log = self.open_log(state, &store, tls).await.map_err(internal)?;
+        let manager = self.manager(state, store.clone(), log.clone(), tls);
+        let active = self.start_manager(state.clone(), manager, tls, tcp, None);
+        let result = async {
+            let channel =
+                cluster::channel(remote, tls.client.clone()).map_err(ManagerError::Unavailable)?;
+            let mut client = RaftMembershipClient::new(channel);
+            let call = client.join(RaftJoinRequest {});
+            tokio::time::timeout(RAFT_JOIN_TIMEOUT, call)
+                .await
+                .map_err(|_| {
+                    ManagerError::Unavailable(format!(
+                        "the swarm did not add this manager to raft within {RAFT_JOIN_TIMEOUT:?}"
+                    ))
+                })?
+                .map_err(|status| remote_error(remote, status))?;
+            let deadline = tokio::time::Instant::now() + RAFT_JOIN_TIMEOUT;
+            while store.view().get::<Node>(&state.node_id).is_none() {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(ManagerError::Unavailable(
+                        "this manager did not catch up with the swarm's log in time".to_owned(),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(active),
+            Err(error) => {
+                active.stop().await;
+                Err(error)
+            }
+        }
     }
 
     async fn leave(&self, request: LeaveRequest) -> Result<(), ManagerError> {
@@ -264,17 +601,28 @@ impl Membership {
             ));
         };
         if current.state.role == "manager" && !request.force {
-            return Err(ManagerError::FailedPrecondition(
-                "this node is a manager: leaving removes it from the raft cluster, and leaving the last manager erases the swarm's whole state; use --force to leave anyway".to_owned(),
-            ));
+            let voters = current
+                .manager
+                .as_ref()
+                .map_or(1, |m| m.log().status().voters.len());
+            let message = if voters <= 1 {
+                "this node is a manager: leaving removes it from the raft cluster, and leaving the last manager erases the swarm's whole state; use --force to leave anyway".to_owned()
+            } else {
+                format!(
+                    "this node is a manager: leaving removes one of the {voters} managers, and without a quorum of managers the swarm is inaccessible; demote it first (shoal node demote), or use --force to leave anyway"
+                )
+            };
+            return Err(ManagerError::FailedPrecondition(message));
         }
         let current = active.take().expect("checked above");
+        let node_id = current.state.node_id.clone();
         self.slot.set(None);
-        current.manager.log().shutdown().await;
+        self.slot.set_worker(false);
+        current.stop().await;
         self.data_root
             .remove_swarm()
             .map_err(|e| ManagerError::Internal(format!("{e:#}")))?;
-        tracing::info!(node_id = %current.state.node_id, "left the swarm");
+        tracing::info!(%node_id, "left the swarm");
         Ok(())
     }
 
@@ -305,7 +653,11 @@ impl Membership {
             .parse::<SocketAddr>()
             .map(|a| a.ip().to_string())
             .unwrap_or_default();
-        let status = current.manager.log().status();
+        let Some(manager) = current.manager.as_ref() else {
+            info.remote_managers = current.state.managers.clone();
+            return info;
+        };
+        let status = manager.log().status();
         info.raft = Some(RaftInfo {
             raft_id: status.id,
             term: status.term,
@@ -314,7 +666,7 @@ impl Membership {
             leader_raft_id: status.leader_id.unwrap_or(0),
             voters: status.voters.len() as u32,
         });
-        let view = current.manager.store().view();
+        let view = manager.store().view();
         let nodes = view.list::<Node>();
         info.nodes = nodes.len() as u32;
         info.managers = nodes
@@ -340,41 +692,175 @@ impl Membership {
         let mut active = self.active.lock().await;
         self.slot.set(None);
         if let Some(current) = active.take() {
-            current.manager.log().shutdown().await;
+            current.stop().await;
         }
     }
 }
 
-/// The transport of a manager that has no peers yet: joining other managers (and with it the
-/// mutual-TLS transport) arrives with multi-host clusters.
-struct NoPeers;
+fn internal(error: impl std::fmt::Display) -> ManagerError {
+    ManagerError::Internal(format!("{error:#}"))
+}
 
-impl shoal_raft::PeerNetwork for NoPeers {
-    fn call(
-        &self,
-        target: u64,
-        _addr: &str,
-        _kind: shoal_raft::RpcKind,
-        _payload: Vec<u8>,
-    ) -> shoal_raft::BoxFuture<'static, Result<Vec<u8>, shoal_raft::NetError>> {
-        Box::pin(async move {
-            Err(shoal_raft::NetError::Unreachable(format!(
-                "no transport to raft peer {target}"
-            )))
-        })
+/// A refusal from the remote manager, or a failure to reach it, as one line.
+fn remote_error(remote: &str, status: Status) -> ManagerError {
+    match status.code() {
+        tonic::Code::InvalidArgument => ManagerError::InvalidArgument(status.message().to_owned()),
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+            ManagerError::FailedPrecondition(format!(
+                "the manager at {remote} refused this node: {}",
+                status.message()
+            ))
+        }
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded => {
+            ManagerError::Unavailable(format!(
+                "could not reach a manager at {remote}: {}",
+                transport_reason(&status)
+            ))
+        }
+        _ => ManagerError::FailedPrecondition(format!(
+            "the manager at {remote} refused the join: {}",
+            status.message()
+        )),
     }
+}
 
-    fn install_snapshot(
-        &self,
-        target: u64,
-        _addr: &str,
-        _chunks: shoal_raft::SnapshotChunks,
-    ) -> shoal_raft::BoxFuture<'static, Result<Vec<u8>, shoal_raft::NetError>> {
-        Box::pin(async move {
-            Err(shoal_raft::NetError::Unreachable(format!(
-                "no transport to raft peer {target}"
-            )))
-        })
+/// tonic's transport errors nest the cause; the innermost one is what a user can act on.
+fn transport_reason(status: &Status) -> String {
+    use std::error::Error;
+    let mut source: Option<&(dyn Error + 'static)> = status.source();
+    let mut last = None;
+    while let Some(error) = source {
+        last = Some(error.to_string());
+        source = error.source();
+    }
+    last.filter(|l| !l.is_empty())
+        .unwrap_or_else(|| status.message().to_owned())
+        .replace('\n', " ")
+}
+
+/// Fetches the root CA over TLS that verifies nothing; the caller pins it before use.
+async fn fetch_root_ca(remote: &str) -> Result<String, ManagerError> {
+    let config = shoal_pki::insecure_bootstrap_client_config().map_err(internal)?;
+    let channel =
+        cluster::channel(remote, Arc::new(config)).map_err(ManagerError::InvalidArgument)?;
+    let mut client = NodeCaClient::new(channel);
+    let call = client.get_root_ca_certificate(GetRootCaCertificateRequest {});
+    let answer = tokio::time::timeout(JOIN_CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| {
+            ManagerError::Unavailable(format!(
+                "could not reach a manager at {remote}: no answer within {JOIN_CALL_TIMEOUT:?}"
+            ))
+        })?
+        .map_err(|status| remote_error(remote, status))?;
+    Ok(answer.into_inner().certificate)
+}
+
+/// Asks the CA for a certificate, trusting only the pinned root and presenting none.
+async fn issue_certificate(
+    remote: &str,
+    root_pem: &str,
+    request: IssueNodeCertificateRequest,
+) -> Result<shoal_api::v1::IssueNodeCertificateResponse, ManagerError> {
+    let config = shoal_pki::anonymous_client_config(root_pem).map_err(internal)?;
+    let channel =
+        cluster::channel(remote, Arc::new(config)).map_err(ManagerError::InvalidArgument)?;
+    let mut client = NodeCaClient::new(channel);
+    let call = client.issue_node_certificate(request);
+    let answer = tokio::time::timeout(JOIN_CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| {
+            ManagerError::Unavailable(format!(
+                "could not reach a manager at {remote}: no answer within {JOIN_CALL_TIMEOUT:?}"
+            ))
+        })?
+        .map_err(|status| remote_error(remote, status))?;
+    Ok(answer.into_inner())
+}
+
+/// Keeps trying to open the cluster listener after a restart found its port taken.
+async fn retry_listener(
+    listen: SocketAddr,
+    tls: Arc<ServerConfig>,
+    slot: ManagerSlot,
+    log: ReplicatedLog,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Ok(tcp) = cluster::bind(listen).await {
+            tracing::info!(%listen, "cluster listener opened after a retry");
+            let listener = cluster::serve(tcp, tls.clone(), slot.clone(), log.clone());
+            // Parked: aborting this task (leave, shutdown) drops the guard, which stops it.
+            let _guard = ListenerGuard(Some(listener));
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Stops a listener when the task holding it is aborted.
+struct ListenerGuard(Option<cluster::Listener>);
+
+impl Drop for ListenerGuard {
+    fn drop(&mut self) {
+        if let Some(listener) = self.0.take() {
+            listener.abort();
+        }
+    }
+}
+
+/// The node's session with the managers: a heartbeat every period, moving to the next known
+/// manager when one does not answer.
+async fn heartbeat_loop(client: Arc<ClientConfig>, mut managers: Vec<String>) {
+    let mut channels: HashMap<String, tonic::transport::Channel> = HashMap::new();
+    let mut next = 0usize;
+    let mut period = FIRST_HEARTBEAT_PERIOD;
+    loop {
+        if managers.is_empty() {
+            tokio::time::sleep(period).await;
+            continue;
+        }
+        let addr = managers[next % managers.len()].clone();
+        let channel = match channels.get(&addr) {
+            Some(channel) => Some(channel.clone()),
+            None => cluster::channel(&addr, client.clone()).ok().inspect(|c| {
+                channels.insert(addr.clone(), c.clone());
+            }),
+        };
+        let answer = match channel {
+            Some(channel) => {
+                let mut client = DispatcherClient::new(channel);
+                let call = client.heartbeat(HeartbeatRequest {});
+                tokio::time::timeout(Duration::from_secs(5), call).await
+            }
+            None => Ok(Err(Status::unavailable("bad address"))),
+        };
+        match answer {
+            Ok(Ok(answer)) => {
+                let answer = answer.into_inner();
+                period = Duration::from_millis(answer.period_ms.clamp(100, 60_000));
+                if !answer.managers.is_empty() {
+                    // The manager that answered stays first in line.
+                    let mut known = vec![addr.clone()];
+                    known.extend(answer.managers.into_iter().filter(|m| *m != addr));
+                    managers = known;
+                    next = 0;
+                }
+            }
+            Ok(Err(status)) => {
+                tracing::debug!(manager = %addr, error = %status.message(), "heartbeat failed");
+                channels.remove(&addr);
+                next += 1;
+                tokio::time::sleep(FIRST_HEARTBEAT_PERIOD).await;
+                continue;
+            }
+            Err(_) => {
+                tracing::debug!(manager = %addr, "heartbeat timed out");
+                channels.remove(&addr);
+                next += 1;
+                continue;
+            }
+        }
+        tokio::time::sleep(period).await;
     }
 }
 
@@ -454,9 +940,9 @@ impl Swarm for SwarmApi {
         Ok(Response::new(self.membership.init(request).await?))
     }
 
-    async fn join(&self, _request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        Err(Status::unimplemented(
-            "joining an existing swarm over the network is not available in this build yet",
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        Ok(Response::new(
+            self.membership.join(request.into_inner()).await?,
         ))
     }
 

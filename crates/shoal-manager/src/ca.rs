@@ -1,0 +1,276 @@
+//! The cluster CA service (`shoal.v1.NodeCa`): hands out the root certificate, and turns a join
+//! token plus a CSR into a Node object (committed through Raft) and a signed certificate. The
+//! token alone decides the role; the CSR contributes only its public key.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_api::id;
+use shoal_api::object::Object;
+use shoal_api::v1::node_ca_client::NodeCaClient;
+use shoal_api::v1::node_ca_server::{NodeCa, NodeCaServer};
+use shoal_api::v1::*;
+use shoal_pki::{JoinToken, NodeCertRequest, Role, RootCa};
+use tonic::{Request, Response, Status};
+
+use crate::bootstrap::{DEFAULT_CERT_EXPIRY_SECS, create, update};
+use crate::control::ManagerSlot;
+use crate::{Manager, ManagerError, forward, from_leader, now_timestamp};
+
+/// The port a manager listens on when the joiner names none.
+pub const DEFAULT_CLUSTER_PORT: u16 = 2377;
+
+const INVALID_TOKEN: &str = "invalid join token";
+
+pub struct NodeCaService {
+    slot: ManagerSlot,
+}
+
+impl NodeCaService {
+    pub fn new(slot: ManagerSlot) -> Self {
+        NodeCaService { slot }
+    }
+
+    pub fn into_server(self) -> NodeCaServer<NodeCaService> {
+        NodeCaServer::new(self)
+    }
+
+    fn manager(&self) -> Result<Arc<Manager>, Status> {
+        self.slot
+            .get()
+            .ok_or_else(|| Status::unavailable("this node is not a swarm manager"))
+    }
+}
+
+/// The role `given` grants, comparing it with both stored tokens (secrets in constant time).
+fn role_for_token(given: &str, tokens: &JoinTokens) -> Option<Role> {
+    let given = JoinToken::parse(given).ok()?;
+    let grants = |stored: &str| {
+        JoinToken::parse(stored).is_ok_and(|stored| {
+            stored.root_digest() == given.root_digest() && stored.matches_secret(&given)
+        })
+    };
+    // Both comparisons always run, so timing does not tell which token was close.
+    let worker = grants(&tokens.worker);
+    let manager = grants(&tokens.manager);
+    match (worker, manager) {
+        (_, true) => Some(Role::Manager),
+        (true, false) => Some(Role::Worker),
+        _ => None,
+    }
+}
+
+/// host:port other managers will dial: the one asked for, else the caller's address with the
+/// listen port.
+fn manager_address(
+    request: &IssueNodeCertificateRequest,
+    observed: Option<IpAddr>,
+) -> Result<String, ManagerError> {
+    if !request.advertise_addr.is_empty() {
+        let addr: SocketAddr = request.advertise_addr.parse().map_err(|_| {
+            ManagerError::InvalidArgument(format!(
+                "invalid advertise address {:?}: expected IP:PORT",
+                request.advertise_addr
+            ))
+        })?;
+        if addr.ip().is_unspecified() || addr.port() == 0 {
+            return Err(ManagerError::InvalidArgument(format!(
+                "advertise address {addr} is not reachable by other managers"
+            )));
+        }
+        return Ok(addr.to_string());
+    }
+    let port = request
+        .listen_addr
+        .parse::<SocketAddr>()
+        .map(|a| a.port())
+        .unwrap_or(DEFAULT_CLUSTER_PORT);
+    let ip = observed.ok_or_else(|| {
+        ManagerError::InvalidArgument("no advertise address given and none observed".to_owned())
+    })?;
+    Ok(SocketAddr::new(ip, port).to_string())
+}
+
+async fn issue(
+    manager: &Manager,
+    request: IssueNodeCertificateRequest,
+    observed: Option<IpAddr>,
+) -> Result<IssueNodeCertificateResponse, ManagerError> {
+    if request.token.len() > 256 || request.csr.len() > 16 * 1024 {
+        return Err(ManagerError::InvalidArgument(INVALID_TOKEN.to_owned()));
+    }
+    let view = manager.current_view().await?;
+    let mut cluster = view
+        .cluster()
+        .cloned()
+        .ok_or_else(|| ManagerError::Internal("the cluster object is missing".to_owned()))?;
+    let root = cluster
+        .root_ca
+        .clone()
+        .ok_or_else(|| ManagerError::Internal("the cluster has no root CA".to_owned()))?;
+    let tokens = root.join_tokens.clone().unwrap_or_default();
+    let role = role_for_token(&request.token, &tokens)
+        .ok_or_else(|| ManagerError::InvalidArgument(INVALID_TOKEN.to_owned()))?;
+
+    let node_id = id::new_id();
+    let (raft_id, manager_addr) = match role {
+        Role::Manager => {
+            let raft_id = cluster.next_raft_id.max(2);
+            cluster.next_raft_id = raft_id + 1;
+            (raft_id, manager_address(&request, observed)?)
+        }
+        Role::Worker => (0, String::new()),
+    };
+    let ca = RootCa::from_pem(
+        &String::from_utf8_lossy(&root.ca_cert),
+        &String::from_utf8_lossy(&root.ca_key),
+    )
+    .map_err(|e| ManagerError::Internal(format!("cannot load the root CA: {e}")))?;
+    let expiry = cluster
+        .spec
+        .as_ref()
+        .and_then(|s| s.ca.as_ref())
+        .map_or(DEFAULT_CERT_EXPIRY_SECS, |c| c.node_cert_expiry_secs);
+    let issued = ca
+        .sign_node(
+            &request.csr,
+            &NodeCertRequest {
+                node_id: node_id.clone(),
+                role,
+                cluster_id: cluster.id.clone(),
+                validity: Duration::from_secs(expiry),
+            },
+        )
+        .map_err(|e| {
+            ManagerError::InvalidArgument(format!("invalid certificate signing request: {e}"))
+        })?;
+
+    let node_role = match role {
+        Role::Manager => NodeRole::Manager,
+        Role::Worker => NodeRole::Worker,
+    };
+    let now = now_timestamp();
+    let mut description = request.description.clone().unwrap_or_default();
+    if description.hostname.is_empty() {
+        description.hostname = request.hostname.clone();
+    }
+    let node = Node {
+        id: node_id.clone(),
+        meta: Some(Meta {
+            version: 0,
+            created_at: Some(now),
+            updated_at: Some(now),
+        }),
+        spec: Some(NodeSpec {
+            annotations: Some(Annotations::default()),
+            desired_role: node_role as i32,
+            availability: NodeAvailability::Active as i32,
+        }),
+        description: Some(description),
+        status: Some(NodeStatus {
+            state: NodeState::Unknown as i32,
+            message: String::new(),
+            addr: observed.map(|ip| ip.to_string()).unwrap_or_default(),
+        }),
+        manager_status: (role == Role::Manager).then(|| ManagerStatus {
+            raft_id,
+            addr: manager_addr.clone(),
+            leader: false,
+            reachability: Reachability::Unknown as i32,
+        }),
+        certificate: Some(NodeCertificate {
+            role: node_role as i32,
+            csr: Vec::new(),
+            state: IssuanceState::Issued as i32,
+            certificate: issued.cert_pem.clone().into_bytes(),
+            common_name: node_id.clone(),
+            serial: issued.serial_hex.clone(),
+            not_after: Some(prost_types::Timestamp::from(issued.not_after)),
+        }),
+        role: node_role as i32,
+    };
+    let version = cluster.version();
+    cluster.meta_mut().version = version;
+    cluster.meta_mut().updated_at = Some(now);
+    manager
+        .commit(Transaction {
+            actions: vec![update(cluster.clone()), create(node)],
+        })
+        .await?;
+    tracing::info!(%node_id, %role, raft_id, "issued a certificate to a joining node");
+    Ok(IssueNodeCertificateResponse {
+        node_id,
+        cluster_id: cluster.id,
+        role: node_role as i32,
+        certificate: issued.cert_pem,
+        root_ca: String::from_utf8_lossy(&root.ca_cert).into_owned(),
+        raft_id,
+        advertise_addr: manager_addr,
+    })
+}
+
+#[tonic::async_trait]
+impl NodeCa for NodeCaService {
+    async fn get_root_ca_certificate(
+        &self,
+        _request: Request<GetRootCaCertificateRequest>,
+    ) -> Result<Response<GetRootCaCertificateResponse>, Status> {
+        let manager = self.manager()?;
+        let view = manager.store().view();
+        let certificate = view
+            .cluster()
+            .and_then(|c| c.root_ca.as_ref())
+            .map(|r| String::from_utf8_lossy(&r.ca_cert).into_owned())
+            .ok_or_else(|| Status::unavailable("the cluster is not initialized yet"))?;
+        Ok(Response::new(GetRootCaCertificateResponse { certificate }))
+    }
+
+    async fn issue_node_certificate(
+        &self,
+        request: Request<IssueNodeCertificateRequest>,
+    ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
+        let manager = self.manager()?;
+        if let Some(channel) = manager.leader_channel(&request)? {
+            let forwarded =
+                forward::forwarded(&request, request.get_ref().clone(), manager.node_id());
+            return NodeCaClient::new(channel)
+                .issue_node_certificate(forwarded)
+                .await
+                .map_err(from_leader);
+        }
+        let observed = forward::origin(&request).ip;
+        Ok(Response::new(
+            issue(&manager, request.into_inner(), observed).await?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_decides_the_role() {
+        let digest = "0".repeat(shoal_pki::DIGEST_LEN);
+        let worker = JoinToken::generate(&digest);
+        let manager = JoinToken::generate(&digest);
+        let tokens = JoinTokens {
+            worker: worker.to_string(),
+            manager: manager.to_string(),
+        };
+        assert_eq!(
+            role_for_token(&worker.to_string(), &tokens),
+            Some(Role::Worker)
+        );
+        assert_eq!(
+            role_for_token(&manager.to_string(), &tokens),
+            Some(Role::Manager)
+        );
+        let other = JoinToken::generate(&digest);
+        assert_eq!(role_for_token(&other.to_string(), &tokens), None);
+        assert_eq!(role_for_token("garbage", &tokens), None);
+        let other_root = JoinToken::generate(&"1".repeat(shoal_pki::DIGEST_LEN));
+        assert_eq!(role_for_token(&other_root.to_string(), &tokens), None);
+    }
+}
