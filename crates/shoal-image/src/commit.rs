@@ -15,7 +15,7 @@ use crate::digest::Hasher;
 use crate::error::{ImageError, Result};
 use crate::reference::Reference;
 use crate::save::oci_manifest;
-use crate::store::{ImageStore, NewImage, now_rfc3339, parse_json};
+use crate::store::{ImageStore, now_rfc3339, parse_json};
 use crate::types::ImageSummary;
 
 /// What `commit` needs besides the upper dir.
@@ -167,20 +167,7 @@ impl ImageStore {
                 layers,
             )?;
             let manifest_digest = self.write_blob(&manifest, txn)?;
-            let (id, record) = self.register(&manifest_digest, txn)?;
-            let summary = ImageSummary {
-                id: id.clone(),
-                repo_tags: reference.iter().map(Reference::familiar).collect(),
-                repo_digests: Vec::new(),
-                created: record.created.clone(),
-                size: record.size,
-                layers: record.layers.len(),
-            };
-            self.commit_images(vec![NewImage {
-                id,
-                record,
-                refs: reference.iter().cloned().collect(),
-            }])?;
+            let summary = self.record_new_image(&manifest_digest, reference.as_ref(), txn)?;
             tracing::info!(
                 id = %summary.id,
                 base = %base_id,

@@ -15,7 +15,7 @@ use crate::error::{ImageError, Result};
 use crate::platform::host_arch;
 use crate::reference::Reference;
 use crate::save::oci_manifest;
-use crate::store::{ImageStore, NewImage, now_rfc3339};
+use crate::store::{ImageStore, now_rfc3339};
 use crate::types::ImageSummary;
 
 impl ImageStore {
@@ -90,20 +90,7 @@ impl ImageStore {
                 )],
             )?;
             let manifest_digest = self.write_blob(&manifest, txn)?;
-            let (id, record) = self.register(&manifest_digest, txn)?;
-            let summary = ImageSummary {
-                id: id.clone(),
-                repo_tags: reference.iter().map(Reference::familiar).collect(),
-                repo_digests: Vec::new(),
-                created: record.created.clone(),
-                size: record.size,
-                layers: record.layers.len(),
-            };
-            self.commit_images(vec![NewImage {
-                id,
-                record,
-                refs: reference.iter().cloned().collect(),
-            }])?;
+            let summary = self.record_new_image(&manifest_digest, reference.as_ref(), txn)?;
             tracing::info!(id = %summary.id, tags = ?summary.repo_tags, "image imported");
             Ok(summary)
         })

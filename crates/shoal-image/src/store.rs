@@ -218,6 +218,32 @@ impl ImageStore {
         Ok(())
     }
 
+    /// Registers the image whose manifest was just written (see [`register`](Self::register)),
+    /// names it `reference`, and returns its summary: the last step of `import` and `commit`.
+    /// Caller holds `op_lock`.
+    pub(crate) fn record_new_image(
+        &self,
+        manifest_digest: &Digest,
+        reference: Option<&Reference>,
+        txn: &mut Txn,
+    ) -> Result<ImageSummary> {
+        let (id, record) = self.register(manifest_digest, txn)?;
+        let summary = ImageSummary {
+            id: id.clone(),
+            repo_tags: reference.iter().map(|r| r.familiar()).collect(),
+            repo_digests: Vec::new(),
+            created: record.created.clone(),
+            size: record.size,
+            layers: record.layers.len(),
+        };
+        self.commit_images(vec![NewImage {
+            id,
+            record,
+            refs: reference.into_iter().cloned().collect(),
+        }])?;
+        Ok(summary)
+    }
+
     /// Reads and verifies a manifest from the blob store, then its config, then makes sure
     /// every layer is unpacked (verifying DiffIDs). Caller holds `op_lock`.
     pub(crate) fn register(
