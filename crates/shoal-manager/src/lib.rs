@@ -159,6 +159,10 @@ fn propose_error(error: ProposeError) -> ManagerError {
         ProposeError::NoQuorum(reason) => ManagerError::Unavailable(format!(
             "the swarm does not have a quorum of managers: {reason}"
         )),
+        ProposeError::Timeout(after) => ManagerError::Unavailable(format!(
+            "the swarm does not have a quorum of managers: none answered within {}s; a write may or may not have been applied: check and retry",
+            after.as_secs()
+        )),
         ProposeError::Shutdown => {
             ManagerError::Unavailable("the manager is shutting down".to_owned())
         }
@@ -169,8 +173,12 @@ fn propose_error(error: ProposeError) -> ManagerError {
 /// A status from the leader, passed on as is; a transport failure becomes one line naming it.
 pub(crate) fn from_leader(status: tonic::Status) -> tonic::Status {
     match status.code() {
+        // A status made on this side (it carries the local error as its source: connection
+        // refused or reset, a failed TLS handshake) rather than one the leader sent.
         tonic::Code::Unavailable | tonic::Code::Unknown
-            if status.message().contains("transport") || status.message().is_empty() =>
+            if std::error::Error::source(&status).is_some()
+                || status.message().contains("transport")
+                || status.message().is_empty() =>
         {
             tonic::Status::unavailable(format!(
                 "cannot reach the swarm leader: {}",

@@ -29,6 +29,10 @@ pub struct RaftConfig {
     pub max_proposal_bytes: usize,
     /// How many group-commit batches may be in flight (submitted, not yet applied) at once.
     pub max_inflight_batches: usize,
+    /// Longest wait for a quorum: a proposal, read barrier or voter change that has not gone
+    /// through by then fails with [`crate::ProposeError::Timeout`] instead of waiting forever
+    /// (a leader cut off from its followers stays leader in its own eyes).
+    pub commit_timeout: Duration,
 }
 
 /// Largest AppendEntries payload we build, in entry bytes (a single larger entry is still sent
@@ -54,6 +58,7 @@ impl RaftConfig {
             max_batch_bytes: 1024 * 1024,
             max_proposal_bytes: 1536 * 1024,
             max_inflight_batches: 4,
+            commit_timeout: Duration::from_secs(7),
         }
     }
 

@@ -52,6 +52,10 @@ pub enum ProposeError {
     /// A read barrier could not reach a quorum.
     #[error("no quorum: {0}")]
     NoQuorum(String),
+    /// No quorum answered within the commit timeout. A proposal may still be committed later
+    /// (if this leader regains its quorum before it is deposed), so a retry must be idempotent.
+    #[error("no quorum answered within {0:?}; a write may or may not be committed")]
+    Timeout(std::time::Duration),
     /// A membership change was refused (e.g. another change in progress, unknown learner).
     #[error("membership change refused: {0}")]
     Rejected(String),

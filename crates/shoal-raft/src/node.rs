@@ -217,6 +217,13 @@ impl ReplicatedLog {
                 limit,
             });
         }
+        let limit = self.inner.config.commit_timeout;
+        tokio::time::timeout(limit, self.propose_until_answered(proposal))
+            .await
+            .unwrap_or(Err(ProposeError::Timeout(limit)))
+    }
+
+    async fn propose_until_answered(&self, proposal: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
         // A freshly elected leader refuses writes until a quorum has acknowledged it; that is a
         // matter of one heartbeat round, so wait it out rather than report "not leader".
         let deadline = Instant::now() + self.inner.config.election_timeout_max * 2;
@@ -283,12 +290,12 @@ impl ReplicatedLog {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(ProposeError::Shutdown);
         }
-        match self
-            .inner
-            .raft
-            .ensure_linearizable(ReadPolicy::ReadIndex)
-            .await
-        {
+        let limit = self.inner.config.commit_timeout;
+        let barrier = self.inner.raft.ensure_linearizable(ReadPolicy::ReadIndex);
+        let Ok(result) = tokio::time::timeout(limit, barrier).await else {
+            return Err(ProposeError::Timeout(limit));
+        };
+        match result {
             Ok(_) => Ok(()),
             Err(openraft::error::RaftError::APIError(LinearizableReadError::ForwardToLeader(
                 f,
@@ -356,14 +363,24 @@ impl ReplicatedLog {
         blocking: bool,
     ) -> Result<(), ProposeError> {
         let raft = &self.inner.raft;
-        retry_in_progress(|| raft.add_learner(id, BasicNode { addr: addr.clone() }, blocking)).await
+        // Catching up may rightly take long: the caller bounds a blocking add.
+        let limit = if blocking {
+            Duration::MAX
+        } else {
+            self.inner.config.commit_timeout
+        };
+        retry_in_progress(limit, || {
+            raft.add_learner(id, BasicNode { addr: addr.clone() }, blocking)
+        })
+        .await
     }
 
     /// Makes exactly `voters` the voting members (each must already be a member). Voters left out
     /// are removed from the cluster.
     pub async fn change_voters(&self, voters: BTreeSet<u64>) -> Result<(), ProposeError> {
         let raft = &self.inner.raft;
-        retry_in_progress(|| {
+        let limit = self.inner.config.commit_timeout;
+        retry_in_progress(limit, || {
             raft.change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), false)
         })
         .await
@@ -372,7 +389,8 @@ impl ReplicatedLog {
     /// Removes `id` from the cluster, whether voter or learner.
     pub async fn remove_node(&self, id: u64) -> Result<(), ProposeError> {
         let raft = &self.inner.raft;
-        retry_in_progress(|| {
+        let limit = self.inner.config.commit_timeout;
+        retry_in_progress(limit, || {
             let change = if self.status().voters.contains(&id) {
                 ChangeMembers::RemoveVoters(BTreeSet::from([id]))
             } else {
@@ -576,7 +594,9 @@ fn write_error(e: ClientWriteError<TypeConfig>) -> ProposeError {
 
 /// Runs a membership change, retrying for a while if another change (e.g. the bootstrap
 /// membership, or the second step of a joint change) is not committed yet.
-async fn retry_in_progress<T, F, Fut>(mut attempt: F) -> Result<(), ProposeError>
+/// Each attempt is bounded by `limit`: a membership change is a commit, and without a quorum it
+/// would wait forever.
+async fn retry_in_progress<T, F, Fut>(limit: Duration, mut attempt: F) -> Result<(), ProposeError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<
@@ -588,7 +608,10 @@ where
 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match attempt().await {
+        let Ok(result) = tokio::time::timeout(limit, attempt()).await else {
+            return Err(ProposeError::Timeout(limit));
+        };
+        match result {
             Ok(_) => return Ok(()),
             Err(openraft::error::RaftError::APIError(ClientWriteError::ChangeMembershipError(
                 ChangeMembershipError::InProgress(p),

@@ -214,3 +214,41 @@ async fn removing_a_node() {
         n.log.shutdown().await;
     }
 }
+
+/// A leader cut off from both followers stays leader in its own eyes: its proposals, read
+/// barriers and voter changes fail after `commit_timeout` rather than wait forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_without_quorum_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = LocalNetwork::new();
+    let limit = Duration::from_millis(1500);
+    let nodes = three_nodes(&net, |id| {
+        let mut c = config(id, dir.path());
+        c.commit_timeout = limit;
+        c
+    })
+    .await;
+    write(&nodes[0], "before", 10).await;
+    net.isolate(1);
+
+    let started = Instant::now();
+    let answer = nodes[0].log.propose(b"alone".to_vec()).await;
+    assert!(
+        matches!(
+            answer,
+            Err(ProposeError::Timeout(_)) | Err(ProposeError::NotLeader { .. })
+        ),
+        "{answer:?}"
+    );
+    let barrier = nodes[0].log.ensure_linearizable().await;
+    assert!(barrier.is_err(), "a read barrier without quorum succeeded");
+    let change = nodes[0].log.change_voters(BTreeSet::from([1, 2])).await;
+    assert!(change.is_err(), "a voter change without quorum succeeded");
+    // Each of the three calls is bounded by the limit (plus scheduling slack).
+    assert!(started.elapsed() < limit * 3 + Duration::from_secs(2));
+
+    net.heal(1);
+    for n in &nodes {
+        n.log.shutdown().await;
+    }
+}
