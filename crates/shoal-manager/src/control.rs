@@ -99,22 +99,25 @@ macro_rules! leader_or_forward {
     };
 }
 
-/// Raft ids of the voters the leader can count on: voters whose node is not Down.
+/// Raft ids of the voters the leader can count on: voters raft reports reachable (it has
+/// acknowledged a recent heartbeat); where raft does not know yet (a leader of under
+/// `unreachable_after`), voters whose node is not Down.
 fn quorum_after_removing(manager: &Manager, view: &View, raft_id: u64) -> (usize, usize) {
-    let voters: Vec<u64> = manager
-        .log()
-        .status()
+    let status = manager.log().status();
+    let voters: Vec<u64> = status
         .voters
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|v| *v != raft_id)
         .collect();
     let reachable = voters
         .iter()
-        .filter(|v| {
-            view.iter::<Node>().any(|n| {
+        .filter(|v| match status.voter_reachable.get(v) {
+            Some(reachable) => *reachable,
+            None => view.iter::<Node>().any(|n| {
                 n.manager_status.as_ref().is_some_and(|m| m.raft_id == **v)
                     && n.status.as_ref().map_or(0, |s| s.state) != NodeState::Down as i32
-            })
+            }),
         })
         .count();
     (reachable, voters.len())
@@ -148,15 +151,23 @@ fn node_hostname(node: &Node) -> &str {
         .map_or("", |d| d.hostname.as_str())
 }
 
-/// Fills a manager node's leader flag from the log's current view of leadership: the stored
-/// flag is only what was true at the node's last write.
+/// Fills a manager node's leader flag and reachability from the log's current view: the stored
+/// flag is only what was true at the node's last write. Reachability is raft's (the leader's
+/// view of heartbeat acknowledgements) when it knows, else whether the node is Down.
 fn with_live_leadership(mut node: Node, manager: &Manager) -> Node {
     let status = manager.log().status();
     let down = node.status.as_ref().map_or(0, |s| s.state) == NodeState::Down as i32;
     if let Some(manager_status) = node.manager_status.as_mut() {
         manager_status.leader = status.leader_id == Some(manager_status.raft_id);
+        let raft_view = status.voter_reachable.get(&manager_status.raft_id).copied();
         manager_status.reachability = if manager_status.leader {
             Reachability::Reachable
+        } else if let Some(reachable) = raft_view {
+            if reachable {
+                Reachability::Reachable
+            } else {
+                Reachability::Unreachable
+            }
         } else if down || !status.members.contains_key(&manager_status.raft_id) {
             Reachability::Unreachable
         } else {

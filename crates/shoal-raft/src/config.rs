@@ -62,6 +62,12 @@ impl RaftConfig {
         }
     }
 
+    /// How long the leader may go without an acknowledgement from a voter before it reports
+    /// that voter unreachable: three maximal election timeouts.
+    pub fn unreachable_after(&self) -> Duration {
+        self.election_timeout_max * 3
+    }
+
     pub(crate) fn to_openraft(&self) -> Result<openraft::Config, RaftError> {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         if self.snapshot_interval == 0 {

@@ -45,6 +45,15 @@ pub struct RaftStatus {
     pub learners: Vec<u64>,
     /// Every member (voter or learner) and its address.
     pub members: BTreeMap<u64, String>,
+    /// On the leader only: for each voter, how long ago it last acknowledged a heartbeat or
+    /// replication (measured from when that request was sent). A voter missing here has not
+    /// acknowledged anything since this node became leader. Empty on followers.
+    pub last_contact: BTreeMap<u64, Duration>,
+    /// On the leader only: each voter's reachability as the leader sees it, reachable when its
+    /// last contact is younger than [`RaftConfig::unreachable_after`]. A voter is absent while
+    /// the leader does not know yet (it has led for less than that and not heard from the voter);
+    /// empty on followers. The leader itself is always reachable.
+    pub voter_reachable: BTreeMap<u64, bool>,
 }
 
 struct Queued {
@@ -68,6 +77,8 @@ struct Inner {
     snapshots: SnapshotStore,
     batch_tx: Mutex<Option<mpsc::Sender<Queued>>>,
     leader_tx: Arc<watch::Sender<Option<u64>>>,
+    /// When this node last became leader (`None` while it is not), kept by the metrics watcher.
+    leader_since: Arc<Mutex<Option<Instant>>>,
     closed: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -139,10 +150,12 @@ impl ReplicatedLog {
 
         let (leader_tx, _) = watch::channel(None);
         let leader_tx = Arc::new(leader_tx);
+        let leader_since = Arc::new(Mutex::new(None));
         let mut tasks = vec![tokio::spawn(watch_metrics(
             id,
             raft.clone(),
             leader_tx.clone(),
+            leader_since.clone(),
         ))];
         let batch_tx = if config.group_commit {
             let (tx, rx) = mpsc::channel(config.max_batch_proposals.max(1) * 4);
@@ -167,6 +180,7 @@ impl ReplicatedLog {
                 snapshots,
                 batch_tx: Mutex::new(batch_tx),
                 leader_tx,
+                leader_since,
                 closed: AtomicBool::new(false),
                 tasks: Mutex::new(tasks),
             }),
@@ -311,11 +325,41 @@ impl ReplicatedLog {
         let metrics = self.inner.raft.metrics();
         let m = metrics.borrow_watched();
         let membership = m.membership_config.membership();
+        let is_leader = m.state == ServerState::Leader;
+        let mut last_contact = BTreeMap::new();
+        let mut voter_reachable = BTreeMap::new();
+        if let (true, Some(acked)) = (is_leader, m.heartbeat.as_ref()) {
+            let limit = self.inner.config.unreachable_after();
+            let leading_for = self.inner.leader_since.lock().map(|t| t.elapsed());
+            for voter in membership.voter_ids() {
+                if voter == m.id {
+                    voter_reachable.insert(voter, true);
+                    continue;
+                }
+                let age = acked
+                    .get(&voter)
+                    .copied()
+                    .flatten()
+                    .map(|t| openraft::Instant::elapsed(&*t));
+                match age {
+                    Some(age) => {
+                        last_contact.insert(voter, age);
+                        voter_reachable.insert(voter, age < limit);
+                    }
+                    // Never heard from during this leadership: unreachable once we have led
+                    // long enough to have heard from it.
+                    None if leading_for.is_some_and(|l| l >= limit) => {
+                        voter_reachable.insert(voter, false);
+                    }
+                    None => {}
+                }
+            }
+        }
         RaftStatus {
             id: m.id,
             term: m.current_term,
             leader_id: m.current_leader,
-            is_leader: m.state == ServerState::Leader,
+            is_leader,
             last_log_index: m.last_log_index,
             last_applied: m.last_applied.map(|l| l.index),
             snapshot_index: m.snapshot.map(|l| l.index),
@@ -326,6 +370,8 @@ impl ReplicatedLog {
                 .nodes()
                 .map(|(id, n)| (*id, n.addr.clone()))
                 .collect(),
+            last_contact,
+            voter_reachable,
         }
     }
 
@@ -724,7 +770,12 @@ async fn batcher(
 }
 
 /// Publishes leader changes and logs leadership and election events.
-async fn watch_metrics(id: u64, raft: Raft, leader_tx: Arc<watch::Sender<Option<u64>>>) {
+async fn watch_metrics(
+    id: u64,
+    raft: Raft,
+    leader_tx: Arc<watch::Sender<Option<u64>>>,
+    leader_since: Arc<Mutex<Option<Instant>>>,
+) {
     let mut metrics = raft.metrics();
     drop(raft);
     let mut last_leader = None;
@@ -736,9 +787,13 @@ async fn watch_metrics(id: u64, raft: Raft, leader_tx: Arc<watch::Sender<Option<
             let m = metrics.borrow_watched();
             (m.current_leader, m.state, m.current_term)
         };
-        if term != last_term {
+        let new_term = term != last_term;
+        if new_term {
             tracing::debug!(node = id, term, "raft term changed");
             last_term = term;
+        }
+        if last_state != Some(state) || new_term {
+            *leader_since.lock() = (state == ServerState::Leader).then(Instant::now);
         }
         if last_state != Some(state) {
             match state {

@@ -252,3 +252,46 @@ async fn a_leader_without_quorum_times_out() {
         n.log.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_sees_a_stopped_voter_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = LocalNetwork::new();
+    let mut nodes = three_nodes(&net, |id| config(id, dir.path())).await;
+    let limit = nodes[0].log.config().unreachable_after();
+    wait_until(T, "every voter reachable", || {
+        let status = nodes[0].log.status();
+        status.voter_reachable.len() == 3 && status.voter_reachable.values().all(|r| *r)
+    })
+    .await;
+    assert!(nodes[1].log.status().voter_reachable.is_empty());
+    assert!(nodes[0].log.status().last_contact[&3] < limit);
+
+    // Stop voter 3: the leader reports it unreachable within the limit (plus a margin).
+    let stopped = nodes.remove(2);
+    let killed = Instant::now();
+    stopped.log.shutdown().await;
+    net.unregister(3);
+    wait_until(
+        limit + Duration::from_secs(1),
+        "voter 3 unreachable",
+        || nodes[0].log.status().voter_reachable.get(&3) == Some(&false),
+    )
+    .await;
+    let elapsed = killed.elapsed();
+    println!("leader saw voter 3 unreachable {elapsed:?} after it stopped");
+    assert!(elapsed >= limit / 2, "reported unreachable too early");
+    let status = nodes[0].log.status();
+    assert_eq!(status.voter_reachable.get(&2), Some(&true));
+    assert_eq!(status.voter_reachable.get(&1), Some(&true));
+
+    // Restarted from its disk, it is reachable again.
+    let restarted = open_local(config(3, dir.path()), &net).await;
+    wait_until(T, "voter 3 reachable again", || {
+        nodes[0].log.status().voter_reachable.get(&3) == Some(&true)
+    })
+    .await;
+    for n in nodes.iter().chain([&restarted]) {
+        n.log.shutdown().await;
+    }
+}

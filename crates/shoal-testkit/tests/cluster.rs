@@ -48,6 +48,18 @@ fn can_run() -> bool {
     shoal_built()
 }
 
+/// Polls `check` until it holds (true) or `limit` passes (false).
+fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
 #[track_caller]
 fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -383,17 +395,40 @@ fn new_removes_what_a_dead_run_left() {
     std::fs::create_dir_all("/run/shoaltk").unwrap();
     std::fs::write(format!("/run/shoaltk/{name}"), "254.254\n").unwrap();
     // Something still running in the dead run's host namespace.
+    // Its output goes nowhere: a stray child must never hold the test's stdout open.
     let mut sleeper = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{host_netns}"))
         .args(["--", "sleep", "600"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // Only once it is inside the namespace is it the dead run's leftover; before that, the
+    // sweep cannot know it.
+    let netns_inode = std::fs::metadata(format!("/run/netns/{host_netns}"))
+        .unwrap()
+        .ino();
+    let inside = wait_until(SETTLE, || {
+        std::fs::metadata(format!("/proc/{}/ns/net", sleeper.id()))
+            .is_ok_and(|m| m.ino() == netns_inode)
+            && std::fs::read_to_string(format!("/proc/{}/comm", sleeper.id()))
+                .is_ok_and(|comm| comm.trim() == "sleep")
+    });
+    if !inside {
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        panic!("the sleeper never entered {host_netns}");
+    }
 
     drop(Cluster::new());
 
-    wait_for("the leftover sleeper to be killed", SETTLE, || {
-        sleeper.try_wait().unwrap().is_some()
-    });
+    let killed = wait_until(SETTLE, || sleeper.try_wait().unwrap().is_some());
+    if !killed {
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        panic!("the leftover sleeper was not killed by the sweep");
+    }
     assert_nothing_left(&name, &dir);
 }
 
