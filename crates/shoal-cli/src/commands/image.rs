@@ -3,7 +3,7 @@
 //! `pull`, `push`), with Docker's tables, sizes, inspect shape, progress and messages. Tarballs
 //! stream in 1 MiB chunks; pulls and pushes carry the stored credentials of the image's registry.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::Path;
 
 use serde::Serialize;
@@ -710,34 +710,16 @@ async fn push(global: &GlobalArgs, args: PushArgs, io: &mut Stdio<'_>) -> Result
 // prune -------------------------------------------------------------------------------------
 
 async fn prune(global: &GlobalArgs, args: PruneArgs, io: &mut Stdio<'_>) -> Result<u8, CliError> {
-    if !args.force {
-        write!(
-            io.out,
-            "WARNING! This will remove all dangling images.\nAre you sure you want to continue? [y/N] "
-        )?;
-        io.out.flush()?;
-        let mut answer = String::new();
-        let mut reader = std::io::BufReader::new(io.input.take_reader());
-        reader
-            .read_line(&mut answer)
-            .map_err(|err| read_error("standard input", &err))?;
-        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
-            return Ok(0);
-        }
+    if !args.force && !super::confirm(io, "This will remove all dangling images.")? {
+        return Ok(0);
     }
     let mut daemon = Daemon::connect(&global.host).await?;
     let pruned = daemon.prune_images().await?;
-    if !pruned.deleted.is_empty() {
-        writeln!(io.out, "Deleted Images:")?;
-        for deleted in &pruned.deleted {
-            writeln!(io.out, "deleted: {deleted}")?;
-        }
-        writeln!(io.out)?;
-    }
-    writeln!(
-        io.out,
-        "Total reclaimed space: {}",
-        human_size(pruned.reclaimed_bytes)
+    super::print_pruned(
+        io,
+        "Deleted Images:",
+        pruned.deleted.iter().map(|d| format!("deleted: {d}")),
+        pruned.reclaimed_bytes,
     )?;
     Ok(0)
 }

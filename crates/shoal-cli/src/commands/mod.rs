@@ -293,6 +293,52 @@ pub(crate) struct VersionView {
 
 /// `- key=value` lines (or `- key` for an empty value), sorted, as Docker's pretty views
 /// list labels.
+/// Docker's prune prompt: prints `warning` and "Are you sure you want to continue? [y/N] ",
+/// and answers whether the user typed y or yes.
+pub(crate) fn confirm(io: &mut Stdio<'_>, warning: &str) -> Result<bool, CliError> {
+    use std::io::BufRead;
+    write!(
+        io.out,
+        "WARNING! {warning}\nAre you sure you want to continue? [y/N] "
+    )?;
+    io.out.flush()?;
+    let mut answer = String::new();
+    std::io::BufReader::new(io.input.take_reader())
+        .read_line(&mut answer)
+        .map_err(|err| CliError::ReadInput {
+            path: "standard input".to_owned(),
+            reason: crate::error::io_reason(&err).to_lowercase(),
+        })?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
+/// Docker's prune report: a heading and one line per removed object (nothing when none), then
+/// the space reclaimed.
+pub(crate) fn print_pruned(
+    io: &mut Stdio<'_>,
+    heading: &str,
+    removed: impl IntoIterator<Item = String>,
+    reclaimed_bytes: u64,
+) -> Result<(), CliError> {
+    let mut removed = removed.into_iter().peekable();
+    if removed.peek().is_some() {
+        writeln!(io.out, "{heading}")?;
+        for line in removed {
+            writeln!(io.out, "{line}")?;
+        }
+        writeln!(io.out)?;
+    }
+    writeln!(
+        io.out,
+        "Total reclaimed space: {}",
+        crate::format::units::human_size(reclaimed_bytes)
+    )?;
+    Ok(())
+}
+
 pub(crate) fn label_lines(labels: &std::collections::HashMap<String, String>) -> Vec<String> {
     let mut sorted: Vec<_> = labels.iter().collect();
     sorted.sort();

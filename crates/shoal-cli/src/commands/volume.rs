@@ -2,16 +2,14 @@
 //! (`DRIVER    VOLUME NAME`), inspect shape, prune prompt and messages.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
 
 use serde::Serialize;
 use shoal_api::v1;
 
 use crate::daemon::Daemon;
-use crate::error::io_reason;
 use crate::format::table::Table;
 use crate::format::time::rfc3339;
-use crate::format::units::human_size;
 use crate::format::{JsonFormat, ListFormat, write_json_lines, write_json_pretty};
 use crate::parse;
 use crate::stdio::Stdio;
@@ -308,42 +306,22 @@ async fn rm(global: &GlobalArgs, args: RmArgs, io: &mut Stdio<'_>) -> Result<u8,
 }
 
 async fn prune(global: &GlobalArgs, args: PruneArgs, io: &mut Stdio<'_>) -> Result<u8, CliError> {
-    if !args.force {
-        let what = if args.all {
-            "all local volumes"
-        } else {
-            "anonymous local volumes"
-        };
-        write!(
-            io.out,
-            "WARNING! This will remove {what} not used by at least one container.\nAre you sure you want to continue? [y/N] "
-        )?;
-        io.out.flush()?;
-        let mut answer = String::new();
-        let mut reader = std::io::BufReader::new(io.input.take_reader());
-        reader
-            .read_line(&mut answer)
-            .map_err(|err| CliError::ReadInput {
-                path: "standard input".to_owned(),
-                reason: io_reason(&err).to_lowercase(),
-            })?;
-        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
-            return Ok(0);
-        }
+    let what = if args.all {
+        "all local volumes"
+    } else {
+        "anonymous local volumes"
+    };
+    let warning = format!("This will remove {what} not used by at least one container.");
+    if !args.force && !super::confirm(io, &warning)? {
+        return Ok(0);
     }
     let mut daemon = Daemon::connect(&global.host).await?;
     let pruned = daemon.prune_volumes(args.all).await?;
-    if !pruned.deleted.is_empty() {
-        writeln!(io.out, "Deleted Volumes:")?;
-        for name in &pruned.deleted {
-            writeln!(io.out, "{name}")?;
-        }
-        writeln!(io.out)?;
-    }
-    writeln!(
-        io.out,
-        "Total reclaimed space: {}",
-        human_size(pruned.reclaimed_bytes)
+    super::print_pruned(
+        io,
+        "Deleted Volumes:",
+        pruned.deleted,
+        pruned.reclaimed_bytes,
     )?;
     Ok(0)
 }
