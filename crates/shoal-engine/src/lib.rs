@@ -221,6 +221,7 @@ impl Engine {
     /// Opens the stores, sets up the bridge network, and re-adopts every container whose shim
     /// still runs (the others are recorded as exited, with the status their shim left).
     pub async fn open(config: EngineConfig) -> Result<Arc<Engine>, EngineError> {
+        check_socket_room(&config.exec_root)?;
         let images_root = config.data_root.join("images");
         let images = {
             let root = images_root.clone();
@@ -278,6 +279,7 @@ impl Engine {
         self.config.exec_root.join("containers").join(id)
     }
 
+    /// Where the shim of container `id` listens; see [`check_socket_room`].
     fn socket_path(&self, id: &str) -> PathBuf {
         self.container_exec_dir(id).join("shim.sock")
     }
@@ -1112,6 +1114,29 @@ fn resolve_in(table: &HashMap<String, Entry>, reference: &str) -> Result<String,
     }
 }
 
+/// The longest path a unix socket can bind (`sun_path` holds 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Refuses an exec root so long that a shim's socket (`<exec-root>/containers/<64-hex
+/// id>/shim.sock`) could not be bound: said once at start, not as a bind error on every run.
+fn check_socket_room(exec_root: &Path) -> Result<(), EngineError> {
+    let longest = exec_root
+        .join("containers")
+        .join("0".repeat(64))
+        .join("shim.sock")
+        .as_os_str()
+        .len();
+    if longest > MAX_SOCKET_PATH {
+        return Err(EngineError::InvalidArgument(format!(
+            "exec root {} is too long: a container's socket path would be {longest} bytes, the \
+             limit is {MAX_SOCKET_PATH}; use an exec root of at most {} bytes",
+            exec_root.display(),
+            exec_root.as_os_str().len() - (longest - MAX_SOCKET_PATH)
+        )));
+    }
+    Ok(())
+}
+
 /// A run at least this long counts as healthy and resets the restart back-off.
 const HEALTHY_RUN: Duration = Duration::from_secs(10);
 const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
@@ -1280,6 +1305,17 @@ fn parse_signal(text: &str) -> Result<i32, EngineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exec_root_too_long_for_shim_sockets_is_refused() {
+        assert!(check_socket_room(Path::new("/run/shoal")).is_ok());
+        let long = format!("/tmp/{}", "x".repeat(40));
+        let err = check_socket_room(Path::new(&long)).unwrap_err().to_string();
+        assert!(
+            err.contains("is too long") && err.contains("at most 21 bytes"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn restart_backoff_doubles_on_quick_exits_and_resets_after_a_healthy_run() {
