@@ -221,7 +221,6 @@ impl Engine {
     /// Opens the stores, sets up the bridge network, and re-adopts every container whose shim
     /// still runs (the others are recorded as exited, with the status their shim left).
     pub async fn open(config: EngineConfig) -> Result<Arc<Engine>, EngineError> {
-        check_socket_room(&config.exec_root)?;
         let images_root = config.data_root.join("images");
         let images = {
             let root = images_root.clone();
@@ -360,6 +359,7 @@ impl Engine {
     }
 
     pub async fn create(&self, mut spec: ContainerSpec) -> Result<ContainerInfo, EngineError> {
+        check_socket_room(&self.config.exec_root)?;
         if spec.image.is_empty() {
             return Err(EngineError::InvalidArgument("an image is required".into()));
         }
@@ -1118,7 +1118,9 @@ fn resolve_in(table: &HashMap<String, Entry>, reference: &str) -> Result<String,
 const MAX_SOCKET_PATH: usize = 107;
 
 /// Refuses an exec root so long that a shim's socket (`<exec-root>/containers/<64-hex
-/// id>/shim.sock`) could not be bound: said once at start, not as a bind error on every run.
+/// id>/shim.sock`) could not be bound: said when a container is created, before anything is
+/// written, instead of as the shim's bind error at start. A daemon that runs no containers (a
+/// manager only) is not affected.
 fn check_socket_room(exec_root: &Path) -> Result<(), EngineError> {
     let longest = exec_root
         .join("containers")
