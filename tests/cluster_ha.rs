@@ -547,3 +547,235 @@ fn a_minority_partition_refuses_writes_and_heals_into_one_history() {
         started.elapsed()
     );
 }
+
+/// `node ls --format json` on `host`: node ID → (status, manager status).
+fn node_rows(host: &Host) -> Option<BTreeMap<String, (String, String)>> {
+    let out = host.cli(&["node", "ls", "--format", "json"]);
+    if out.code != 0 {
+        return None;
+    }
+    out.stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+            Some((s("ID"), (s("Status"), s("ManagerStatus"))))
+        })
+        .collect()
+}
+
+fn node_id(host: &Host) -> String {
+    let out = host.cli(&["info", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(out.ok()).unwrap();
+    v["Swarm"]["NodeID"].as_str().unwrap().to_owned()
+}
+
+fn voters(host: &Host) -> Option<u64> {
+    let out = host.cli(&["info", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+    v["Swarm"]["Raft"]["Voters"].as_u64()
+}
+
+#[test]
+fn five_managers_lose_two_and_keep_working() {
+    if !can_run() {
+        return;
+    }
+    let mut cluster = form(5, 0);
+    let managers = ["m1", "m2", "m3", "m4", "m5"];
+    let leader = leader_among(&cluster, &managers);
+    // The leader and one follower go down for good.
+    let follower = managers.iter().find(|m| **m != leader).unwrap().to_string();
+    let lost_ids = [
+        node_id(cluster.host(&leader)),
+        node_id(cluster.host(&follower)),
+    ];
+    cluster.kill9(&leader);
+    cluster.kill9(&follower);
+    let survivors: Vec<&str> = managers
+        .iter()
+        .copied()
+        .filter(|m| *m != leader && *m != follower)
+        .collect();
+    let new_leader = leader_among(&cluster, &survivors);
+    for (i, m) in survivors.iter().enumerate() {
+        let name = format!("after-loss-{i}");
+        wait_for(
+            Duration::from_secs(20),
+            "a write through each survivor",
+            || create_config(&cluster.host(m).daemon.host(), &name).then_some(()),
+        );
+    }
+    let expected: BTreeSet<String> = (0..3).map(|i| format!("after-loss-{i}")).collect();
+    for m in &survivors {
+        wait_for(
+            Duration::from_secs(20),
+            "every survivor to read the writes",
+            || config_names(cluster.host(m)).filter(|n| expected.is_subset(n)),
+        );
+    }
+    // The two lost managers are shown unreachable; the survivors are not.
+    wait_for(Duration::from_secs(30), "node ls to show the loss", || {
+        let rows = node_rows(cluster.host(&new_leader))?;
+        let unreachable: BTreeSet<&String> = rows
+            .iter()
+            .filter(|(_, (_, m))| m == "Unreachable")
+            .map(|(id, _)| id)
+            .collect();
+        let lost: BTreeSet<&String> = lost_ids.iter().collect();
+        (unreachable == lost).then_some(())
+    });
+    // Losing a third would break the quorum of five: a demote of a survivor is refused.
+    let victim = survivors.iter().find(|m| **m != new_leader).unwrap();
+    let victim_id = node_id(cluster.host(victim));
+    let out = cluster
+        .host(&new_leader)
+        .cli(&["node", "demote", &victim_id]);
+    assert_ne!(out.code, 0, "demote that breaks quorum was accepted");
+    assert!(out.stderr.contains("quorum"), "{}", out.stderr);
+}
+
+#[test]
+fn three_managers_lose_two_and_force_new_cluster_recovers_everything() {
+    if !can_run() {
+        return;
+    }
+    let mut cluster = form(3, 1);
+    let managers = ["m1", "m2", "m3"];
+    let leader = leader_among(&cluster, &managers);
+    let names: BTreeSet<String> = (0..20).map(|i| format!("kept-{i}")).collect();
+    for name in &names {
+        assert!(create_config(&cluster.host(&leader).daemon.host(), name));
+    }
+    let worker_id = node_id(cluster.host("w1"));
+    let survivor = managers.iter().find(|m| **m != leader).unwrap().to_string();
+    let lost: Vec<String> = managers
+        .iter()
+        .filter(|m| **m != survivor)
+        .map(|m| m.to_string())
+        .collect();
+    let lost_ids: BTreeSet<String> = lost.iter().map(|m| node_id(cluster.host(m))).collect();
+    let survivor_id = node_id(cluster.host(&survivor));
+    wait_for(
+        Duration::from_secs(20),
+        "the survivor to hold every write",
+        || config_names(cluster.host(&survivor)).filter(|n| names.is_subset(n)),
+    );
+    for m in &lost {
+        cluster.stop(m);
+    }
+    let host = cluster.host(&survivor).daemon.host();
+    // Refused: as "no quorum" where the survivor led, as an unreachable leader where it followed.
+    let refused = try_create_config(&host, "without-quorum").unwrap_err();
+    assert!(
+        refused.contains("quorum") || refused.contains("leader"),
+        "{refused}"
+    );
+    assert_eq!(refused.trim().lines().count(), 1, "{refused}");
+
+    let started = Instant::now();
+    let (out, _) = cli_within(
+        &host,
+        &["swarm", "init", "--force-new-cluster"],
+        b"",
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    eprintln!("--force-new-cluster took {:?}", started.elapsed());
+    assert_eq!(voters(cluster.host(&survivor)), Some(1));
+    // Everything is there and the cluster takes writes again.
+    let found = config_names(cluster.host(&survivor)).unwrap();
+    assert!(names.is_subset(&found), "{found:?}");
+    assert!(create_config(&host, "after-recovery"));
+    // The lost managers are Down workers now; the survivor leads; the worker is still Ready.
+    let rows = wait_for(Duration::from_secs(30), "node ls after recovery", || {
+        let rows = node_rows(cluster.host(&survivor))?;
+        (rows.get(&worker_id).map(|r| r.0.as_str()) == Some("Ready")).then_some(rows)
+    });
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert_eq!(rows[&survivor_id].1, "Leader", "{rows:?}");
+    for id in &lost_ids {
+        assert_eq!(rows[id], ("Down".to_owned(), String::new()), "{rows:?}");
+    }
+    // Restarting the survivor keeps the forced cluster.
+    cluster.restart(&survivor);
+    wait_for(
+        Duration::from_secs(30),
+        "the survivor to lead again",
+        || raft_of(&cluster.host(&survivor).daemon.host()).filter(|r| r.is_leader()),
+    );
+    assert_eq!(voters(cluster.host(&survivor)), Some(1));
+
+    // A lost manager comes back: its old identity is refused, so it leaves and joins afresh.
+    let back = &lost[0];
+    cluster.restart(back);
+    let out = cluster.host(back).cli(&["swarm", "leave", "--force"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let survivor_host = cluster.host(&survivor);
+    let manager_token = token(survivor_host, "manager");
+    let addr = cluster.host(back).addr(PORT);
+    let out = cluster.host(back).cli(&[
+        "swarm",
+        "join",
+        "--token",
+        &manager_token,
+        "--advertise-addr",
+        &addr,
+        "--listen-addr",
+        &addr,
+        &survivor_host.addr(PORT),
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    wait_for(
+        Duration::from_secs(30),
+        "the rejoined manager to hold every write",
+        || {
+            config_names(cluster.host(back))
+                .filter(|n| names.is_subset(n) && n.contains("after-recovery"))
+        },
+    );
+    assert_eq!(voters(cluster.host(&survivor)), Some(2));
+}
+
+#[test]
+fn a_manager_leaving_by_force_takes_itself_out_of_raft() {
+    if !can_run() {
+        return;
+    }
+    let cluster = form(4, 0);
+    let managers = ["m1", "m2", "m3", "m4"];
+    let leader = leader_among(&cluster, &managers);
+    // Without --force a manager refuses to leave, and says why on one line.
+    let out = cluster.host(&leader).cli(&["swarm", "leave"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("demote"), "{}", out.stderr);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+
+    // The leader leaves by force: leadership moves, raft shrinks to three voters.
+    let leader_id = node_id(cluster.host(&leader));
+    let out = cluster.host(&leader).cli(&["swarm", "leave", "--force"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rest: Vec<&str> = managers.iter().copied().filter(|m| *m != leader).collect();
+    let new_leader = leader_among(&cluster, &rest);
+    assert_eq!(voters(cluster.host(&new_leader)), Some(3));
+    // A follower leaves too: two voters remain, and the swarm still takes writes.
+    let follower = *rest.iter().find(|m| **m != new_leader).unwrap();
+    let follower_id = node_id(cluster.host(follower));
+    let out = cluster.host(follower).cli(&["swarm", "leave", "--force"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(voters(cluster.host(&new_leader)), Some(2));
+    assert!(create_config(
+        &cluster.host(&new_leader).daemon.host(),
+        "after-leaving"
+    ));
+    let rows = node_rows(cluster.host(&new_leader)).unwrap();
+    for id in [&leader_id, &follower_id] {
+        assert_eq!(rows[id], ("Down".to_owned(), String::new()), "{rows:?}");
+    }
+    // The departed hosts are out of the swarm.
+    for m in [leader.as_str(), follower] {
+        let out = cluster.host(m).cli(&["info", "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_str(out.ok()).unwrap();
+        assert_eq!(v["Swarm"]["LocalNodeState"], "inactive", "{v}");
+    }
+}

@@ -42,7 +42,8 @@ pub fn method_policy(path: &str) -> Option<&'static [Access]> {
         "/shoal.v1.Dispatcher/Heartbeat" => Some(NODES),
         "/shoal.v1.Raft/Call"
         | "/shoal.v1.Raft/InstallSnapshot"
-        | "/shoal.v1.RaftMembership/Join" => Some(MANAGERS),
+        | "/shoal.v1.RaftMembership/Join"
+        | "/shoal.v1.RaftMembership/Leave" => Some(MANAGERS),
         // The whole control API is for managers: a follower forwards its clients' calls.
         p if p.starts_with("/shoal.v1.Control/") => Some(MANAGERS),
         _ => None,

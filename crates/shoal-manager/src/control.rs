@@ -125,7 +125,7 @@ fn quorum_after_removing(manager: &Manager, view: &View, raft_id: u64) -> (usize
 
 /// Refuses a change that takes `node`'s vote away when the remaining reachable voters would
 /// not be a majority of the remaining voters.
-fn ensure_quorum_without(
+pub(crate) fn ensure_quorum_without(
     manager: &Manager,
     view: &View,
     node: &Node,
@@ -237,7 +237,7 @@ fn matches_filters(
     })
 }
 
-fn the_cluster(view: &View) -> Result<Cluster, ManagerError> {
+pub(crate) fn the_cluster(view: &View) -> Result<Cluster, ManagerError> {
     view.cluster()
         .cloned()
         .ok_or_else(|| ManagerError::Internal("the cluster object is missing".to_owned()))

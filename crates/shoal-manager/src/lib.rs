@@ -9,6 +9,7 @@ pub mod dispatcher;
 pub mod error;
 pub mod forward;
 pub mod membership;
+pub mod recovery;
 pub mod state_machine;
 
 use std::collections::HashMap;

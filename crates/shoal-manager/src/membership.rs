@@ -7,13 +7,18 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shoal_api::object::Object;
 use shoal_api::v1::raft_membership_client::RaftMembershipClient;
 use shoal_api::v1::raft_membership_server::{RaftMembership, RaftMembershipServer};
-use shoal_api::v1::{Node, NodeRole, RaftJoinRequest, RaftJoinResponse};
+use shoal_api::v1::{
+    Node, NodeRole, NodeState, NodeStatus, RaftJoinRequest, RaftJoinResponse, RaftLeaveRequest,
+    RaftLeaveResponse, RevokedCertificate, Transaction,
+};
 use tonic::{Request, Response, Status};
 
-use crate::control::ManagerSlot;
-use crate::{ManagerError, forward, from_leader};
+use crate::bootstrap::update;
+use crate::control::{ManagerSlot, ensure_quorum_without, the_cluster};
+use crate::{ManagerError, forward, from_leader, now_timestamp};
 
 /// How long a learner may take to catch up before the join is abandoned.
 pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(60);
@@ -96,5 +101,82 @@ impl RaftMembership for RaftMembershipService {
             raft_id,
             members: log.status().members.into_iter().collect(),
         }))
+    }
+
+    async fn leave(
+        &self,
+        request: Request<RaftLeaveRequest>,
+    ) -> Result<Response<RaftLeaveResponse>, Status> {
+        let manager = self
+            .slot
+            .get()
+            .ok_or_else(|| Status::unavailable("this node is not a swarm manager"))?;
+        if let Some(channel) = manager.leader_channel(&request)? {
+            let forwarded = forward::forwarded(&request, RaftLeaveRequest {}, manager.node_id());
+            return RaftMembershipClient::new(channel)
+                .leave(forwarded)
+                .await
+                .map_err(from_leader);
+        }
+        let node_id = forward::origin(&request)
+            .node_id
+            .ok_or_else(|| Status::unauthenticated("leaving raft needs a manager certificate"))?;
+        let _changing = self.changing.lock().await;
+        let view = manager.current_view().await?;
+        let mut node = view
+            .get::<Node>(&node_id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("node {node_id} is not in the swarm")))?;
+        if node_id == manager.node_id() {
+            // The leader cannot commit its own departure's bookkeeping after it has left.
+            return Err(Status::failed_precondition(
+                "the leaving manager leads the swarm: hand leadership over first",
+            ));
+        }
+        ensure_quorum_without(&manager, &view, &node, "remove")?;
+        if let Some(status) = node.manager_status.take() {
+            manager
+                .log()
+                .remove_node(status.raft_id)
+                .await
+                .map_err(propose)?;
+            tracing::info!(%node_id, raft_id = status.raft_id, "a manager left raft");
+        }
+        let version = node.version();
+        node.role = NodeRole::Worker as i32;
+        if let Some(spec) = node.spec.as_mut() {
+            spec.desired_role = NodeRole::Worker as i32;
+        }
+        let addr = node
+            .status
+            .as_ref()
+            .map(|s| s.addr.clone())
+            .unwrap_or_default();
+        node.status = Some(NodeStatus {
+            state: NodeState::Down as i32,
+            message: "left the swarm".to_owned(),
+            addr,
+        });
+        let meta = node.meta_mut();
+        meta.version = version;
+        meta.updated_at = Some(now_timestamp());
+        let mut actions = Vec::new();
+        // The departed host deleted its key; revoking still closes the door on a copy of it.
+        if let Some(cert) = node.certificate.as_ref().filter(|c| !c.serial.is_empty()) {
+            let mut cluster = the_cluster(&view)?;
+            let cluster_version = cluster.version();
+            cluster.revoked_certificates.push(RevokedCertificate {
+                serial: cert.serial.clone(),
+                node_id: node.id.clone(),
+                expires: cert.not_after,
+            });
+            let meta = cluster.meta_mut();
+            meta.version = cluster_version;
+            meta.updated_at = Some(now_timestamp());
+            actions.push(update(cluster));
+        }
+        actions.push(update(node));
+        manager.commit(Transaction { actions }).await?;
+        Ok(Response::new(RaftLeaveResponse {}))
     }
 }

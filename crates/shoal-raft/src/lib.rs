@@ -18,6 +18,7 @@ mod local;
 mod log_store;
 mod network;
 mod node;
+mod recovery;
 mod state_machine;
 mod types;
 
@@ -27,6 +28,7 @@ pub use grpc::{GrpcNetwork, RaftGrpcService, plaintext_endpoint};
 pub use local::LocalNetwork;
 pub use network::{BoxFuture, PeerNetwork, RpcKind, SnapshotChunks};
 pub use node::{RaftStatus, ReplicatedLog};
+pub use recovery::{ForcedCluster, force_new_cluster};
 pub use state_machine::StateMachine;
 
 #[cfg(test)]

@@ -447,6 +447,17 @@ impl ReplicatedLog {
         .await
     }
 
+    /// Asks the leader (this node) to hand leadership to voter `to`; returns at once, the
+    /// transfer completes when `to` wins its election.
+    pub async fn transfer_leadership(&self, to: u64) -> Result<(), RaftError> {
+        self.inner
+            .raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(fatal_to_raft)
+    }
+
     /// Takes a snapshot now instead of waiting for `snapshot_interval` entries.
     pub async fn trigger_snapshot(&self) -> Result<(), RaftError> {
         self.inner
@@ -565,7 +576,7 @@ impl ReplicatedLog {
     }
 }
 
-fn open_stores(dir: &Path) -> Result<(LogStore, SnapshotStore), RaftError> {
+pub(crate) fn open_stores(dir: &Path) -> Result<(LogStore, SnapshotStore), RaftError> {
     std::fs::create_dir_all(dir).map_err(|e| RaftError::Open {
         path: dir.to_path_buf(),
         reason: e.to_string(),
@@ -580,7 +591,7 @@ fn open_stores(dir: &Path) -> Result<(LogStore, SnapshotStore), RaftError> {
     }
 }
 
-async fn close_stores(log_store: LogStore, snapshots: SnapshotStore) {
+pub(crate) async fn close_stores(log_store: LogStore, snapshots: SnapshotStore) {
     let closed = tokio::task::spawn_blocking(move || {
         log_store.close();
         snapshots.close();

@@ -180,6 +180,23 @@ impl SnapshotStore {
         txn.commit().map_err(io_err)?;
         Ok(true)
     }
+
+    /// Durably replaces the stored snapshot whatever it is (recovery rewrites the membership of
+    /// a snapshot at the same index).
+    pub(crate) fn replace(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
+        let meta_bytes = types::encode("snapshot meta", meta)?;
+        let db = self.db()?;
+        let mut txn = db.begin_write().map_err(io_err)?;
+        txn.set_durability(Durability::Immediate).map_err(io_err)?;
+        {
+            let mut table = txn.open_table(SNAPSHOT).map_err(io_err)?;
+            table
+                .insert(KEY_META, meta_bytes.as_slice())
+                .map_err(io_err)?;
+            table.insert(KEY_DATA, data).map_err(io_err)?;
+        }
+        txn.commit().map_err(io_err)
+    }
 }
 
 struct Applied {

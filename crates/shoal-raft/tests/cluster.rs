@@ -295,3 +295,101 @@ async fn the_leader_sees_a_stopped_voter_unreachable() {
         n.log.shutdown().await;
     }
 }
+
+/// Two of three voters are lost for good: the survivor is rewritten offline into a one-voter
+/// cluster that keeps every committed proposal (from its snapshot and from its log tail), elects
+/// itself, takes writes, and can grow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_new_cluster_keeps_every_committed_proposal() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = LocalNetwork::new();
+    let cfg = |id| {
+        let mut c = config(id, dir.path());
+        c.snapshot_interval = 50;
+        c.logs_to_keep_after_snapshot = 10;
+        c
+    };
+    let nodes = three_nodes(&net, cfg).await;
+    // One proposal per entry, past a snapshot, so the rebuild needs both the snapshot and the
+    // log tail.
+    for i in 0..130 {
+        nodes[0]
+            .log
+            .propose(format!("before-{i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    let expected = nodes[0].sm.proposals();
+    wait_until(T, "node 2 applied everything and took a snapshot", || {
+        nodes[1].sm.proposals() == expected && nodes[1].log.status().snapshot_index.is_some()
+    })
+    .await;
+    for n in &nodes {
+        n.log.shutdown().await;
+    }
+    for id in 1..=3 {
+        net.unregister(id);
+    }
+
+    // Node 2 survives. Nothing of the lost nodes is needed.
+    let forced = shoal_raft::force_new_cluster(
+        &cfg(2),
+        "n2-new".into(),
+        std::sync::Arc::new(common::ListSm::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(forced.dropped_members, vec![1, 3]);
+    let survivor = open_local(cfg(2), &net).await;
+    wait_until(T, "the survivor leads alone", || survivor.log.is_leader()).await;
+    let status = survivor.log.status();
+    assert_eq!(status.voters, vec![2]);
+    assert_eq!(status.members.get(&2).map(String::as_str), Some("n2-new"));
+    assert_eq!(survivor.sm.proposals(), expected);
+    write(&survivor, "after", 20).await;
+    assert_eq!(survivor.sm.len(), expected.len() + 20);
+
+    // A fresh node can join the new cluster (ids are never reused: 4).
+    let fresh = open_local(cfg(4), &net).await;
+    survivor
+        .log
+        .add_learner(4, "n4".into(), true)
+        .await
+        .unwrap();
+    survivor
+        .log
+        .change_voters(BTreeSet::from([2, 4]))
+        .await
+        .unwrap();
+    let all = survivor.sm.proposals();
+    wait_until(T, "the new node caught up", || fresh.sm.proposals() == all).await;
+
+    // Restarting the survivor keeps the forced membership and everything after it.
+    fresh.log.shutdown().await;
+    survivor.log.shutdown().await;
+    net.unregister(2);
+    net.unregister(4);
+    let again = open_local(cfg(2), &net).await;
+    assert_eq!(again.log.status().voters, vec![2, 4]);
+    wait_until(T, "restart re-applied", || again.sm.proposals() == all).await;
+    again.log.shutdown().await;
+}
+
+/// A node that never held committed state has nothing to keep: refused, files untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_new_cluster_refuses_an_empty_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = LocalNetwork::new();
+    let node = open_local(config(1, dir.path()), &net).await;
+    node.log.shutdown().await;
+    let err = shoal_raft::force_new_cluster(
+        &config(1, dir.path()),
+        "n1".into(),
+        std::sync::Arc::new(common::ListSm::default()),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("no committed state"), "{err}");
+    assert!(dir.path().join("node1").join("raft.redb").exists());
+    assert!(!dir.path().join("node1.forcing").exists());
+}

@@ -18,6 +18,7 @@ use shoal_api::v1::{
     ClusterSpec, GetRootCaCertificateRequest, HeartbeatRequest, InfoRequest, InfoResponse,
     InitRequest, InitResponse, IssueNodeCertificateRequest, JoinRequest, JoinResponse,
     LeaveRequest, LeaveResponse, LocalNodeState, Node, NodeRole, RaftInfo, RaftJoinRequest,
+    RaftLeaveRequest,
 };
 use shoal_api::{id, object::Object};
 use shoal_manager::bootstrap::{Bootstrap, default_cluster_spec};
@@ -44,6 +45,8 @@ const JOIN_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const RAFT_JOIN_TIMEOUT: Duration = Duration::from_secs(90);
 /// Heartbeat period used until a manager tells the node the cluster's.
 const FIRST_HEARTBEAT_PERIOD: Duration = Duration::from_secs(1);
+/// Bound on a leaving manager's attempt to take itself out of raft.
+const LEAVE_RAFT_LIMIT: Duration = Duration::from_secs(15);
 
 /// Settings the daemon passes down to the managers it starts.
 #[derive(Clone, Debug)]
@@ -274,6 +277,9 @@ impl Membership {
 
     async fn init(&self, request: InitRequest) -> anyhow::Result<InitResponse, ManagerError> {
         let mut active = self.active.lock().await;
+        if request.force_new_cluster && active.is_some() {
+            return self.force_new_cluster(&mut active, request).await;
+        }
         if active.is_some() {
             return Err(ManagerError::FailedPrecondition(
                 "this node is already part of a swarm: use \"shoal swarm leave\" to leave it before initializing a new one".to_owned(),
@@ -344,6 +350,91 @@ impl Membership {
                 )))
             }
         }
+    }
+
+    /// `swarm init --force-new-cluster` on a manager that lost its quorum for good: raft is
+    /// rewritten offline into a cluster of this manager alone, keeping every committed change,
+    /// then the store stops counting the other managers. On failure the node resumes as it was.
+    async fn force_new_cluster(
+        &self,
+        active: &mut Option<Active>,
+        request: InitRequest,
+    ) -> Result<InitResponse, ManagerError> {
+        let current = active.as_ref().expect("checked by the caller");
+        if current.state.role != "manager" {
+            return Err(ManagerError::FailedPrecondition(
+                "this node is a worker: run --force-new-cluster on a surviving manager".to_owned(),
+            ));
+        }
+        let mut state = current.state.clone();
+        if !request.listen_addr.is_empty() {
+            state.listen_addr = parse_addr("listen", &request.listen_addr, "0.0.0.0")?.to_string();
+        }
+        if !request.advertise_addr.is_empty() {
+            let addr = parse_addr("advertise", &request.advertise_addr, "")?;
+            if addr.ip().is_unspecified() {
+                return Err(ManagerError::InvalidArgument(format!(
+                    "advertise address {addr} is unspecified: give the address other hosts reach this one at"
+                )));
+            }
+            state.advertise_addr = addr.to_string();
+        }
+        let previous = active.take().expect("checked by the caller");
+        let old_state = previous.state.clone();
+        self.slot.set(None);
+        previous.stop().await;
+
+        let forced = shoal_raft::force_new_cluster(
+            &self.raft_config(state.raft_id),
+            state.advertise_addr.clone(),
+            Arc::new(StoreStateMachine::new(Store::new())),
+        )
+        .await;
+        let forced = match forced {
+            Ok(forced) => forced,
+            Err(error) => {
+                tracing::error!(%error, "--force-new-cluster failed; resuming as before");
+                *active = self.resume(old_state).await.ok();
+                return Err(ManagerError::FailedPrecondition(format!(
+                    "cannot force a new cluster: {error}"
+                )));
+            }
+        };
+        // From here raft holds the new membership: the node must come up as that cluster.
+        let saved = self.data_root.save_state(&state).map_err(internal);
+        let resumed = match saved {
+            Ok(()) => self.resume(state.clone()).await.map_err(internal),
+            Err(error) => Err(error),
+        };
+        let resumed = match resumed {
+            Ok(resumed) => resumed,
+            Err(error) => {
+                tracing::error!(%error, "the forced cluster did not start");
+                return Err(error);
+            }
+        };
+        let manager = resumed.manager.clone().expect("a resumed manager");
+        *active = Some(resumed);
+        let view = manager.current_view().await?;
+        let transaction = shoal_manager::recovery::forced_cluster_transaction(
+            &view,
+            &state.node_id,
+            &state.advertise_addr,
+        );
+        if !transaction.actions.is_empty() {
+            manager.commit(transaction).await?;
+        }
+        tracing::warn!(
+            node_id = %state.node_id,
+            last_index = forced.last_index,
+            dropped_raft_members = ?forced.dropped_members,
+            discarded_uncommitted_entries = forced.discarded_entries,
+            "forced a new one-manager cluster from this node's state"
+        );
+        Ok(InitResponse {
+            node_id: state.node_id,
+            cluster_id: state.cluster_id,
+        })
     }
 
     /// Makes the root CA, this node's certificate, the one-voter log and the first objects.
@@ -614,6 +705,23 @@ impl Membership {
             };
             return Err(ManagerError::FailedPrecondition(message));
         }
+        if let Some(manager) = current.manager.as_ref()
+            && manager.log().status().voters.len() > 1
+        {
+            // Forced or not, a manager that can still reach a quorum takes itself out of raft,
+            // so the others do not go on counting a vote that is gone.
+            match tokio::time::timeout(LEAVE_RAFT_LIMIT, self.leave_raft(&current.state, manager))
+                .await
+            {
+                Ok(Ok(())) => tracing::info!("this manager left raft"),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "leaving without leaving raft: the other managers still count this one; remove it there with \"shoal node rm --force\"")
+                }
+                Err(_) => tracing::warn!(
+                    "leaving without leaving raft (no answer in {LEAVE_RAFT_LIMIT:?}): the other managers still count this one; remove it there with \"shoal node rm --force\""
+                ),
+            }
+        }
         let current = active.take().expect("checked above");
         let node_id = current.state.node_id.clone();
         self.slot.set(None);
@@ -623,6 +731,41 @@ impl Membership {
             .remove_swarm()
             .map_err(|e| ManagerError::Internal(format!("{e:#}")))?;
         tracing::info!(%node_id, "left the swarm");
+        Ok(())
+    }
+
+    /// Hands leadership over if this manager leads, then asks the leader (through this node's
+    /// own listener, which forwards) to remove this manager from raft.
+    async fn leave_raft(&self, state: &SwarmState, manager: &Manager) -> Result<(), String> {
+        let log = manager.log();
+        let me = log.id();
+        if log.is_leader() {
+            let status = log.status();
+            let successor = status
+                .voters
+                .iter()
+                .copied()
+                .find(|v| *v != me && status.voter_reachable.get(v) == Some(&true))
+                .ok_or("no other manager is reachable to take over leadership")?;
+            log.transfer_leadership(successor)
+                .await
+                .map_err(|e| e.to_string())?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while log.status().leader_id.is_none_or(|l| l == me) {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err("leadership was not handed over in time".to_owned());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let certs = NodeCertificates::load(&self.data_root.certificates_dir())
+            .map_err(|e| e.to_string())?;
+        let client = Arc::new(shoal_pki::client_config(&certs).map_err(|e| e.to_string())?);
+        let channel = cluster::channel(&state.advertise_addr, client)?;
+        RaftMembershipClient::new(channel)
+            .leave(RaftLeaveRequest {})
+            .await
+            .map_err(|status| status.message().to_owned())?;
         Ok(())
     }
 
