@@ -662,7 +662,12 @@ fn three_managers_lose_two_and_force_new_cluster_recovers_everything() {
         || config_names(cluster.host(&survivor)).filter(|n| names.is_subset(n)),
     );
     for m in &lost {
+        // The second one stops without a quorum: SIGTERM must still be prompt.
+        let stopping = Instant::now();
         cluster.stop(m);
+        let took = stopping.elapsed();
+        eprintln!("{m} stopped {took:?} after SIGTERM");
+        assert!(took < Duration::from_secs(3), "{m} took {took:?} to stop");
     }
     let host = cluster.host(&survivor).daemon.host();
     // Refused: as "no quorum" where the survivor led, as an unreachable leader where it followed.

@@ -94,7 +94,41 @@ impl Daemon {
         Ok(res.into_inner())
     }
 
+    pub(crate) async fn unlock(&mut self, key: &str) -> Result<(), CliError> {
+        let req = v1::UnlockRequest {
+            unlock_key: key.to_owned(),
+        };
+        self.swarm.unlock(req).await.map_err(|s| self.fail(s))?;
+        Ok(())
+    }
+
     // Control service: cluster ---------------------------------------------------------------
+
+    pub(crate) async fn get_unlock_key(&mut self) -> Result<String, CliError> {
+        let res = self
+            .control
+            .get_unlock_key(v1::GetUnlockKeyRequest {})
+            .await
+            .map_err(|s| self.fail(s))?;
+        let key = res.into_inner().unlock_key;
+        if key.is_empty() {
+            return Err(CliError::Protocol("GetUnlockKey returned no key"));
+        }
+        Ok(key)
+    }
+
+    pub(crate) async fn rotate_unlock_key(&mut self) -> Result<String, CliError> {
+        let res = self
+            .control
+            .rotate_unlock_key(v1::RotateUnlockKeyRequest {})
+            .await
+            .map_err(|s| self.fail(s))?;
+        let key = res.into_inner().unlock_key;
+        if key.is_empty() {
+            return Err(CliError::Protocol("RotateUnlockKey returned no key"));
+        }
+        Ok(key)
+    }
 
     pub(crate) async fn get_cluster(&mut self) -> Result<Cluster, CliError> {
         let res = self

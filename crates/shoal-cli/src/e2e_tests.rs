@@ -1,6 +1,7 @@
 //! End-to-end tests of the verbs: parsed argv → requests over a real unix socket → a fake
 //! daemon (in-memory, this file and its children) → the exact text a user sees.
 
+mod autolock;
 mod containers;
 mod filesystem;
 mod images;
@@ -39,6 +40,8 @@ struct State {
     next_version: u64,
     /// Requests seen, by method name, so tests can say what was (not) sent.
     calls: Vec<&'static str>,
+    /// Autolock's key while the fake cluster is autolocked (see `autolock`).
+    unlock_key: Option<String>,
     /// The local container and image services' state (see the child modules).
     local: containers::Local,
     files: filesystem::Files,
@@ -146,6 +149,7 @@ impl Swarm for Fake {
             if req.spec.is_some() {
                 s.cluster.spec = req.spec;
             }
+            autolock::follow_spec(s);
             s.info.set_state(v1::LocalNodeState::Active);
             s.info.is_manager = true;
             s.info.node_id = "self0000000000000000000000".into();
@@ -204,6 +208,13 @@ impl Swarm for Fake {
         _: Request<v1::InfoRequest>,
     ) -> Result<Response<v1::InfoResponse>, Status> {
         self.with("Info", |s| Ok(Response::new(s.info.clone())))
+    }
+
+    async fn unlock(
+        &self,
+        req: Request<v1::UnlockRequest>,
+    ) -> Result<Response<v1::UnlockResponse>, Status> {
+        self.with("Unlock", |s| autolock::unlock(s, &req.into_inner()))
     }
 }
 
@@ -268,6 +279,20 @@ impl Control for Fake {
         })
     }
 
+    async fn get_unlock_key(
+        &self,
+        _: Request<v1::GetUnlockKeyRequest>,
+    ) -> Result<Response<v1::GetUnlockKeyResponse>, Status> {
+        self.with("GetUnlockKey", autolock::get_unlock_key)
+    }
+
+    async fn rotate_unlock_key(
+        &self,
+        _: Request<v1::RotateUnlockKeyRequest>,
+    ) -> Result<Response<v1::RotateUnlockKeyResponse>, Status> {
+        self.with("RotateUnlockKey", autolock::rotate_unlock_key)
+    }
+
     async fn get_cluster(
         &self,
         _: Request<v1::GetClusterRequest>,
@@ -289,6 +314,7 @@ impl Control for Fake {
                 return Err(Status::failed_precondition("update out of sequence"));
             }
             s.cluster.spec = req.spec;
+            autolock::follow_spec(s);
             let meta = s.bump();
             s.cluster.meta = Some(meta);
             let tokens = s
@@ -552,6 +578,43 @@ async fn join_token_and_rotation() {
             .await,
         "SHTKN-1-aaa-rotated-m\n"
     );
+}
+
+#[tokio::test]
+async fn swarm_ca_prints_the_root_certificate_and_refuses_rotation() {
+    let h = Harness::start().await;
+    let (_, err) = h.run(&["swarm", "ca"]).await;
+    assert!(err.unwrap_err().to_string().contains("not part of a swarm"));
+    h.ok(&["swarm", "init"]).await;
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    h.fake
+        .0
+        .lock()
+        .unwrap()
+        .cluster
+        .root_ca
+        .as_mut()
+        .unwrap()
+        .ca_cert = pem.into();
+    assert_eq!(h.ok(&["swarm", "ca"]).await, pem);
+
+    let before = h.fake.calls().len();
+    let (out, err) = h.run(&["swarm", "ca", "--rotate"]).await;
+    assert_eq!(out, "");
+    assert_eq!(
+        err.unwrap_err().to_string(),
+        "rotating the root CA is not supported yet: the swarm keeps its current root"
+    );
+    assert_eq!(
+        h.fake.calls().len(),
+        before,
+        "nothing was asked of the daemon"
+    );
+
+    // A worker has no cluster object to read.
+    h.fake.0.lock().unwrap().info.is_manager = false;
+    let (_, err) = h.run(&["swarm", "ca"]).await;
+    assert!(err.unwrap_err().to_string().contains("not a swarm manager"));
 }
 
 #[tokio::test]

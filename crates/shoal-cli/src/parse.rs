@@ -78,6 +78,18 @@ pub(crate) fn duration_secs(text: &str) -> Result<Duration, String> {
     Ok(value)
 }
 
+/// A count of at least 1 (on the wire 0 means "not set", so `0` would silently keep the old
+/// value).
+pub(crate) fn count_at_least_one(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err(format!("invalid count {text:?}: must be at least 1")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!(
+            "invalid count {text:?}: expected a whole number, e.g. 10000"
+        )),
+    }
+}
+
 /// Docker's `key=value` or bare `key` (empty value) labels; the key must pass the shared rules.
 pub(crate) fn label(text: &str) -> Result<(String, String), String> {
     let (key, value) = text.split_once('=').unwrap_or((text, ""));
@@ -304,6 +316,17 @@ pub(crate) fn cluster_addr(text: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_start_at_one() {
+        assert_eq!(count_at_least_one("1"), Ok(1));
+        assert_eq!(count_at_least_one("10000"), Ok(10_000));
+        for bad in ["0", "-1", "1.5", "", "10k"] {
+            let err = count_at_least_one(bad).unwrap_err();
+            assert!(err.starts_with("invalid count"), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
 
     #[test]
     fn good_durations() {

@@ -39,11 +39,14 @@ pub fn method_policy(path: &str) -> Option<&'static [Access]> {
         "/shoal.v1.NodeCa/GetRootCaCertificate" | "/shoal.v1.NodeCa/IssueNodeCertificate" => {
             Some(ANYONE)
         }
-        "/shoal.v1.Dispatcher/Heartbeat" => Some(NODES),
+        "/shoal.v1.Dispatcher/Heartbeat" | "/shoal.v1.NodeCa/RenewNodeCertificate" => Some(NODES),
         "/shoal.v1.Raft/Call"
         | "/shoal.v1.Raft/InstallSnapshot"
         | "/shoal.v1.RaftMembership/Join"
         | "/shoal.v1.RaftMembership/Leave" => Some(MANAGERS),
+        // Named although the next arm covers them: the unlock key opens every manager's keys,
+        // and must never be one prefix edit away from a worker.
+        "/shoal.v1.Control/GetUnlockKey" | "/shoal.v1.Control/RotateUnlockKey" => Some(MANAGERS),
         // The whole control API is for managers: a follower forwards its clients' calls.
         p if p.starts_with("/shoal.v1.Control/") => Some(MANAGERS),
         _ => None,
@@ -228,6 +231,7 @@ mod tests {
         }
         for path in [
             "/shoal.v1.Dispatcher/Heartbeat",
+            "/shoal.v1.NodeCa/RenewNodeCertificate",
             "/shoal.v1.Raft/Call",
             "/shoal.v1.RaftMembership/Join",
             "/shoal.v1.Control/ListNodes",
@@ -241,6 +245,14 @@ mod tests {
         );
         assert!(method_policy("/shoal.v1.Swarm/Init").is_none());
         assert!(method_policy("/shoal.v1.Containers/Create").is_none());
+        // The unlock key is for managers only; unlocking is local (unix socket) only.
+        for path in [
+            "/shoal.v1.Control/GetUnlockKey",
+            "/shoal.v1.Control/RotateUnlockKey",
+        ] {
+            assert_eq!(method_policy(path), Some(MANAGERS), "{path}");
+        }
+        assert!(method_policy("/shoal.v1.Swarm/Unlock").is_none());
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct Bootstrap<'a> {
     pub node_addr: String,
     /// host:port of the manager listener peers dial.
     pub manager_addr: String,
+    /// The unlock key when the swarm is autolocked from the start (the first manager's files
+    /// are already sealed under it).
+    pub unlock_key: Option<&'a shoal_pki::UnlockKey>,
 }
 
 impl Bootstrap<'_> {
@@ -88,6 +91,10 @@ impl Bootstrap<'_> {
             }),
             revoked_certificates: Vec::new(),
             next_raft_id: self.raft_id + 1,
+            unlock_key: self
+                .unlock_key
+                .map(|k| k.as_bytes().to_vec())
+                .unwrap_or_default(),
         };
         let node = Node {
             id: self.node_id.to_owned(),

@@ -1,6 +1,7 @@
-//! The cluster CA service (`shoal.v1.NodeCa`): hands out the root certificate, and turns a join
-//! token plus a CSR into a Node object (committed through Raft) and a signed certificate. The
-//! token alone decides the role; the CSR contributes only its public key.
+//! The cluster CA service (`shoal.v1.NodeCa`): hands out the root certificate, turns a join
+//! token plus a CSR into a Node object (committed through Raft) and a signed certificate, and
+//! renews the certificates of nodes already in the swarm. The token (at join) or the store (at
+//! renewal) decides role and lifetime; the CSR contributes only its public key.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use shoal_api::v1::*;
 use shoal_pki::{JoinToken, NodeCertRequest, Role, RootCa};
 use tonic::{Request, Response, Status};
 
+use crate::authz::Caller;
 use crate::bootstrap::{DEFAULT_CERT_EXPIRY_SECS, create, update};
 use crate::control::ManagerSlot;
 use crate::{Manager, ManagerError, forward, from_leader, now_timestamp};
@@ -22,6 +24,10 @@ use crate::{Manager, ManagerError, forward, from_leader, now_timestamp};
 pub const DEFAULT_CLUSTER_PORT: u16 = 2377;
 
 const INVALID_TOKEN: &str = "invalid join token";
+/// Bound on a CSR, far above what a P-256 request needs.
+const MAX_CSR_LEN: usize = 16 * 1024;
+/// A renewal that loses a race with another write to its node (a heartbeat) reads it again.
+const RENEW_ATTEMPTS: usize = 5;
 
 pub struct NodeCaService {
     slot: ManagerSlot,
@@ -61,17 +67,17 @@ fn role_for_token(given: &str, tokens: &JoinTokens) -> Option<Role> {
     }
 }
 
-/// host:port other managers will dial: the one asked for, else the caller's address with the
-/// listen port.
+/// host:port other managers will dial: the advertise address asked for, else the caller's
+/// address with the listen port.
 fn manager_address(
-    request: &IssueNodeCertificateRequest,
+    advertise_addr: &str,
+    listen_addr: &str,
     observed: Option<IpAddr>,
 ) -> Result<String, ManagerError> {
-    if !request.advertise_addr.is_empty() {
-        let addr: SocketAddr = request.advertise_addr.parse().map_err(|_| {
+    if !advertise_addr.is_empty() {
+        let addr: SocketAddr = advertise_addr.parse().map_err(|_| {
             ManagerError::InvalidArgument(format!(
-                "invalid advertise address {:?}: expected IP:PORT",
-                request.advertise_addr
+                "invalid advertise address {advertise_addr:?}: expected IP:PORT"
             ))
         })?;
         if addr.ip().is_unspecified() || addr.port() == 0 {
@@ -81,8 +87,7 @@ fn manager_address(
         }
         return Ok(addr.to_string());
     }
-    let port = request
-        .listen_addr
+    let port = listen_addr
         .parse::<SocketAddr>()
         .map(|a| a.port())
         .unwrap_or(DEFAULT_CLUSTER_PORT);
@@ -97,7 +102,7 @@ async fn issue(
     request: IssueNodeCertificateRequest,
     observed: Option<IpAddr>,
 ) -> Result<IssueNodeCertificateResponse, ManagerError> {
-    if request.token.len() > 256 || request.csr.len() > 16 * 1024 {
+    if request.token.len() > 256 || request.csr.len() > MAX_CSR_LEN {
         return Err(ManagerError::InvalidArgument(INVALID_TOKEN.to_owned()));
     }
     let view = manager.current_view().await?;
@@ -118,7 +123,10 @@ async fn issue(
         Role::Manager => {
             let raft_id = cluster.next_raft_id.max(2);
             cluster.next_raft_id = raft_id + 1;
-            (raft_id, manager_address(&request, observed)?)
+            (
+                raft_id,
+                manager_address(&request.advertise_addr, &request.listen_addr, observed)?,
+            )
         }
         Role::Worker => (0, String::new()),
     };
@@ -210,6 +218,163 @@ async fn issue(
     })
 }
 
+fn role_of(node: &Node) -> Role {
+    if node.role == NodeRole::Manager as i32 {
+        Role::Manager
+    } else {
+        Role::Worker
+    }
+}
+
+fn node_role(role: Role) -> NodeRole {
+    match role {
+        Role::Manager => NodeRole::Manager,
+        Role::Worker => NodeRole::Worker,
+    }
+}
+
+/// Renews `node_id`'s certificate: role from the node's record, lifetime from the cluster spec.
+/// A node the store makes a manager but that has no raft id yet (a promotion) gets one here,
+/// with the address other managers will dial, in the same transaction as its new certificate.
+async fn renew(
+    manager: &Manager,
+    node_id: &str,
+    request: &RenewNodeCertificateRequest,
+    observed: Option<IpAddr>,
+) -> Result<RenewNodeCertificateResponse, ManagerError> {
+    if request.csr.len() > MAX_CSR_LEN
+        || request.advertise_addr.len() > 256
+        || request.listen_addr.len() > 256
+    {
+        return Err(ManagerError::InvalidArgument(
+            "renewal request is too large".to_owned(),
+        ));
+    }
+    let mut attempt = 1;
+    loop {
+        match renew_once(manager, node_id, request, observed).await {
+            Err(ManagerError::Conflict(_)) if attempt < RENEW_ATTEMPTS => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
+async fn renew_once(
+    manager: &Manager,
+    node_id: &str,
+    request: &RenewNodeCertificateRequest,
+    observed: Option<IpAddr>,
+) -> Result<RenewNodeCertificateResponse, ManagerError> {
+    let view = manager.current_view().await?;
+    let mut node = view.get::<Node>(node_id).cloned().ok_or_else(|| {
+        ManagerError::NotFound(format!(
+            "node {node_id} is not in the swarm (it was removed): it must join again"
+        ))
+    })?;
+    let mut cluster = view
+        .cluster()
+        .cloned()
+        .ok_or_else(|| ManagerError::Internal("the cluster object is missing".to_owned()))?;
+    let root = cluster
+        .root_ca
+        .clone()
+        .ok_or_else(|| ManagerError::Internal("the cluster has no root CA".to_owned()))?;
+    let role = role_of(&node);
+    let mut actions = Vec::new();
+    if role == Role::Manager && node.manager_status.is_none() {
+        let raft_id = cluster.next_raft_id.max(2);
+        cluster.next_raft_id = raft_id + 1;
+        let addr = manager_address(&request.advertise_addr, &request.listen_addr, observed)?;
+        tracing::info!(%node_id, raft_id, %addr, "a promoted node takes up its manager role");
+        node.manager_status = Some(ManagerStatus {
+            raft_id,
+            addr,
+            leader: false,
+            reachability: Reachability::Unknown as i32,
+        });
+        let version = cluster.version();
+        cluster.meta_mut().version = version;
+        cluster.meta_mut().updated_at = Some(now_timestamp());
+        actions.push(update(cluster.clone()));
+    }
+    let ca = RootCa::from_pem(
+        &String::from_utf8_lossy(&root.ca_cert),
+        &String::from_utf8_lossy(&root.ca_key),
+    )
+    .map_err(|e| ManagerError::Internal(format!("cannot load the root CA: {e}")))?;
+    let expiry = cluster
+        .spec
+        .as_ref()
+        .and_then(|s| s.ca.as_ref())
+        .map_or(DEFAULT_CERT_EXPIRY_SECS, |c| c.node_cert_expiry_secs);
+    let issued = ca
+        .sign_node(
+            &request.csr,
+            &NodeCertRequest {
+                node_id: node_id.to_owned(),
+                role,
+                cluster_id: cluster.id.clone(),
+                validity: Duration::from_secs(expiry),
+            },
+        )
+        .map_err(|e| {
+            ManagerError::InvalidArgument(format!("invalid certificate signing request: {e}"))
+        })?;
+    node.certificate = Some(NodeCertificate {
+        role: node_role(role) as i32,
+        csr: Vec::new(),
+        state: IssuanceState::Issued as i32,
+        certificate: issued.cert_pem.clone().into_bytes(),
+        common_name: node_id.to_owned(),
+        serial: issued.serial_hex.clone(),
+        not_after: Some(prost_types::Timestamp::from(issued.not_after)),
+    });
+    let version = node.version();
+    node.meta_mut().version = version;
+    node.meta_mut().updated_at = Some(now_timestamp());
+    let (raft_id, advertise_addr) = node
+        .manager_status
+        .as_ref()
+        .map_or((0, String::new()), |m| (m.raft_id, m.addr.clone()));
+    actions.push(update(node));
+    manager.commit(Transaction { actions }).await?;
+    tracing::info!(%node_id, %role, serial = %issued.serial_hex, "renewed a node certificate");
+    Ok(RenewNodeCertificateResponse {
+        role: node_role(role) as i32,
+        certificate: issued.cert_pem,
+        root_ca: String::from_utf8_lossy(&root.ca_cert).into_owned(),
+        raft_id,
+        advertise_addr,
+    })
+}
+
+/// A follower forwards renewals with the caller's identity, which the leader believes only from
+/// a manager. A manager the store has demoted still holds its manager certificate until it
+/// renews; it may forward its own renewal (through its own listener) but nobody else's, or it
+/// could obtain a certificate in another node's name.
+fn check_forwarder<T>(manager: &Manager, request: &Request<T>, origin: &str) -> Result<(), Status> {
+    let Some(forwarder) = request
+        .extensions()
+        .get::<Caller>()
+        .and_then(|c| c.identity.as_ref())
+    else {
+        return Err(Status::unauthenticated(
+            "a forwarded call needs a manager certificate",
+        ));
+    };
+    if forwarder.node_id == origin {
+        return Ok(());
+    }
+    let view = manager.store().view();
+    match view.get::<Node>(&forwarder.node_id) {
+        Some(node) if node.role == NodeRole::Manager as i32 => Ok(()),
+        _ => Err(Status::permission_denied(format!(
+            "node {} is no longer a manager and may not forward calls",
+            forwarder.node_id
+        ))),
+    }
+}
+
 #[tonic::async_trait]
 impl NodeCa for NodeCaService {
     async fn get_root_ca_certificate(
@@ -242,6 +407,37 @@ impl NodeCa for NodeCaService {
         let observed = forward::origin(&request).ip;
         Ok(Response::new(
             issue(&manager, request.into_inner(), observed).await?,
+        ))
+    }
+
+    async fn renew_node_certificate(
+        &self,
+        request: Request<RenewNodeCertificateRequest>,
+    ) -> Result<Response<RenewNodeCertificateResponse>, Status> {
+        let manager = self.manager()?;
+        if let Some(channel) = manager.leader_channel(&request)? {
+            let forwarded =
+                forward::forwarded(&request, request.get_ref().clone(), manager.node_id());
+            return NodeCaClient::new(channel)
+                .renew_node_certificate(forwarded)
+                .await
+                .map_err(from_leader);
+        }
+        let origin = forward::origin(&request);
+        let node_id = origin
+            .node_id
+            .ok_or_else(|| Status::unauthenticated("a renewal needs a node certificate"))?;
+        if origin.forwarded {
+            check_forwarder(&manager, &request, &node_id)?;
+        }
+        // The listener checked the transport caller; a forwarded caller is checked here.
+        if manager.is_revoked("", &node_id) {
+            return Err(Status::permission_denied(format!(
+                "node {node_id} has been removed from the swarm: its certificate is revoked"
+            )));
+        }
+        Ok(Response::new(
+            renew(&manager, &node_id, request.get_ref(), origin.ip).await?,
         ))
     }
 }

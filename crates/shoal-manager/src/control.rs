@@ -18,19 +18,33 @@ use crate::{Manager, ManagerError, now_timestamp};
 
 /// The manager this host currently runs, if any. The daemon fills it on `swarm init` (or at
 /// start when the host is already a manager) and empties it on `swarm leave`. It also knows
-/// whether this host is a worker, so refusals can say which it is.
+/// whether this host is a worker, or a manager that is locked (autolock), so refusals can say
+/// which it is.
 #[derive(Clone, Default)]
 pub struct ManagerSlot(
     Arc<RwLock<Option<Arc<Manager>>>>,
     Arc<std::sync::atomic::AtomicBool>,
+    Arc<std::sync::atomic::AtomicBool>,
 );
 
 impl ManagerSlot {
+    /// Puts `manager` in the slot (or empties it); either way the host is no longer locked.
     pub fn set(&self, manager: Option<Arc<Manager>>) {
         *self
             .0
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = manager;
+        self.2.store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Records that this host is a manager waiting for `swarm unlock` (the slot stays empty).
+    pub fn set_locked(&self) {
+        self.set(None);
+        self.2.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_locked(&self) -> bool {
+        self.2.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Records whether this host is a worker of a swarm (it then holds no manager).
@@ -61,6 +75,11 @@ impl ControlApi {
     }
 
     fn manager(&self) -> Result<Arc<Manager>, ManagerError> {
+        if self.slot.is_locked() {
+            return Err(ManagerError::FailedPrecondition(
+                "this manager is locked: run shoal swarm unlock".to_owned(),
+            ));
+        }
         if self.slot.is_worker() {
             return Err(ManagerError::FailedPrecondition(
                 "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.".to_owned(),
@@ -143,6 +162,72 @@ pub(crate) fn ensure_quorum_without(
         )));
     }
     Ok(())
+}
+
+/// How long a leader demoting itself waits for another manager to take over.
+const HAND_OVER_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A leader asked to demote itself cannot take itself out of raft and then commit the change (it
+/// would no longer lead): it hands leadership to a reachable voter and sends the call on to the
+/// new leader. That is a second hop for a call a follower forwarded here, made on purpose and
+/// once: the new leader is another node, and handles it. `None` when this call is not a
+/// leader's self-demotion, or no other manager can take over (the checks that follow refuse).
+async fn demote_self_elsewhere(
+    manager: &Manager,
+    request: &Request<UpdateNodeRequest>,
+) -> Result<Option<UpdateNodeResponse>, Status> {
+    let demoting_me = request.get_ref().node_id == manager.node_id()
+        && request
+            .get_ref()
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.desired_role == NodeRole::Worker as i32);
+    let log = manager.log();
+    let status = log.status();
+    if !demoting_me || !status.is_leader {
+        return Ok(None);
+    }
+    let Some(successor) = status
+        .voters
+        .iter()
+        .copied()
+        .find(|v| *v != status.id && status.voter_reachable.get(v) == Some(&true))
+    else {
+        return Ok(None);
+    };
+    // A demotion the new leader would refuse must not move leadership first.
+    let view = manager.current_view().await?;
+    if let Some(me) = view.get::<Node>(manager.node_id()) {
+        ensure_quorum_without(manager, &view, me, "demote")?;
+    }
+    tracing::info!(
+        successor,
+        "demoting the leader: handing leadership over first"
+    );
+    log.transfer_leadership(successor)
+        .await
+        .map_err(|e| ManagerError::Unavailable(format!("cannot hand leadership over: {e}")))?;
+    let deadline = tokio::time::Instant::now() + HAND_OVER_LIMIT;
+    while log.status().leader_id.is_none_or(|l| l == status.id) {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ManagerError::Unavailable(
+                "leadership was not handed over in time; retry the demotion".to_owned(),
+            )
+            .into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // A bare request: this call's own forwarding marks must not stop the one deliberate hop.
+    let channel = manager
+        .leader_channel(&Request::new(()))?
+        .ok_or_else(|| ManagerError::Unavailable("leadership came back; retry".to_owned()))?;
+    let forwarded =
+        crate::forward::forwarded(request, request.get_ref().clone(), manager.node_id());
+    let answer = ControlClient::new(channel)
+        .update_node(forwarded)
+        .await
+        .map_err(crate::from_leader)?;
+    Ok(Some(answer.into_inner()))
 }
 
 fn node_hostname(node: &Node) -> &str {
@@ -243,11 +328,12 @@ pub(crate) fn the_cluster(view: &View) -> Result<Cluster, ManagerError> {
         .ok_or_else(|| ManagerError::Internal("the cluster object is missing".to_owned()))
 }
 
-/// The cluster as clients may see it: never the CA's private key.
+/// The cluster as clients may see it: never the CA's private key, never the unlock key.
 fn redact_cluster(mut cluster: Cluster) -> Cluster {
     if let Some(root) = cluster.root_ca.as_mut() {
         root.ca_key.clear();
     }
+    cluster.unlock_key.clear();
     cluster
 }
 
@@ -273,12 +359,17 @@ fn validate_cluster_spec(spec: &ClusterSpec) -> Result<(), ManagerError> {
             ca.node_cert_expiry_secs
         )));
     }
-    if let Some(raft) = &spec.raft
-        && raft.snapshot_interval == 0
-    {
-        return Err(ManagerError::InvalidArgument(
-            "raft snapshot interval must be at least 1".to_owned(),
-        ));
+    if let Some(raft) = &spec.raft {
+        if raft.snapshot_interval == 0 {
+            return Err(ManagerError::InvalidArgument(
+                "raft snapshot interval must be at least 1".to_owned(),
+            ));
+        }
+        if raft.log_entries_for_slow_followers == 0 {
+            return Err(ManagerError::InvalidArgument(
+                "raft log entries for slow followers must be at least 1".to_owned(),
+            ));
+        }
     }
     if let Some(annotations) = &spec.annotations {
         validate::labels(annotations.labels.keys())?;
@@ -339,11 +430,27 @@ impl Control for ControlApi {
     async fn update_node(&self, request: Request<UpdateNodeRequest>) -> Reply<UpdateNodeResponse> {
         let manager = self.manager()?;
         leader_or_forward!(manager, request, update_node);
+        if let Some(answer) = demote_self_elsewhere(&manager, &request).await? {
+            return Ok(Response::new(answer));
+        }
         let request = request.into_inner();
         let spec = request
             .spec
             .ok_or_else(|| ManagerError::InvalidArgument("missing node spec".to_owned()))?;
         validate_node_spec(&spec)?;
+        // A demotion takes the manager out of raft and then commits; a raft join finishing
+        // meanwhile must wait (see `RaftMembership::join`).
+        let _role_change = if spec.desired_role == NodeRole::Worker as i32
+            && manager
+                .store()
+                .view()
+                .get::<Node>(&request.node_id)
+                .is_some_and(|n| n.role == NodeRole::Manager as i32)
+        {
+            Some(manager.role_change.lock().await)
+        } else {
+            None
+        };
         let view = manager.current_view().await?;
         let mut node = view
             .get::<Node>(&request.node_id)
@@ -374,19 +481,29 @@ impl Control for ControlApi {
             ensure_quorum_without(&manager, &view, &node, "demote")?;
         }
         // A demoted manager leaves raft first, then its role flips (as swarm's role manager
-        // does): a store that says "worker" about a raft voter would lie about quorum.
-        if demoting
-            && node.role == NodeRole::Manager as i32
-            && let Some(status) = node.manager_status.take()
-        {
-            manager
-                .log()
-                .remove_node(status.raft_id)
-                .await
-                .map_err(|e| {
-                    ManagerError::Unavailable(format!("cannot remove the manager from raft: {e}"))
-                })?;
+        // does): a store that says "worker" about a raft voter would lie about quorum. A node
+        // promoted but not yet in raft has nothing to leave. The node itself notices the new
+        // role at its next heartbeat, renews into a worker certificate and stops its manager.
+        if demoting && node.role == NodeRole::Manager as i32 {
+            if let Some(status) = node.manager_status.take()
+                && manager.log().status().members.contains_key(&status.raft_id)
+            {
+                manager
+                    .log()
+                    .remove_node(status.raft_id)
+                    .await
+                    .map_err(|e| {
+                        ManagerError::Unavailable(format!(
+                            "cannot remove the manager from raft: {e}"
+                        ))
+                    })?;
+            }
             node.role = NodeRole::Worker as i32;
+        }
+        // Promotion flips the role at once: the node renews into a manager certificate (the CA
+        // gives it a raft id then) and joins raft itself.
+        if spec.desired_role == NodeRole::Manager as i32 {
+            node.role = NodeRole::Manager as i32;
         }
         node.spec = Some(spec);
         touch(&mut node, request.version);
@@ -495,6 +612,7 @@ impl Control for ControlApi {
                 ManagerError::NotFound(format!("no such cluster: {}", request.cluster_id))
             })?;
         cluster.spec = Some(spec);
+        crate::autolock::align_unlock_key(&mut cluster)?;
         if let Some(root) = cluster.root_ca.as_mut() {
             let digest = root.ca_cert_digest.clone();
             let tokens = root.join_tokens.get_or_insert_with(Default::default);
@@ -514,6 +632,40 @@ impl Control for ControlApi {
         cluster.meta_mut().version = index;
         Ok(Response::new(UpdateClusterResponse {
             cluster: Some(redact_cluster(cluster)),
+        }))
+    }
+
+    async fn get_unlock_key(
+        &self,
+        request: Request<GetUnlockKeyRequest>,
+    ) -> Reply<GetUnlockKeyResponse> {
+        let manager = self.manager()?;
+        leader_or_forward!(manager, request, get_unlock_key);
+        let cluster = the_cluster(&manager.current_view().await?)?;
+        let key = crate::autolock::unlock_key_of(&cluster)?;
+        Ok(Response::new(GetUnlockKeyResponse {
+            unlock_key: key.to_string(),
+            version: cluster.version(),
+        }))
+    }
+
+    async fn rotate_unlock_key(
+        &self,
+        request: Request<RotateUnlockKeyRequest>,
+    ) -> Reply<RotateUnlockKeyResponse> {
+        let manager = self.manager()?;
+        leader_or_forward!(manager, request, rotate_unlock_key);
+        let mut cluster = the_cluster(&manager.current_view().await?)?;
+        let key = crate::autolock::rotate_unlock_key(&mut cluster)?;
+        let version = cluster.version();
+        touch(&mut cluster, version);
+        manager
+            .commit(Transaction {
+                actions: vec![update(cluster)],
+            })
+            .await?;
+        Ok(Response::new(RotateUnlockKeyResponse {
+            unlock_key: key.to_string(),
         }))
     }
 
@@ -628,7 +780,15 @@ impl Control for ControlApi {
                     c.spec.as_ref().and_then(|s| labels_of(&s.annotations)),
                 )
             })
-            .cloned()
+            .map(|c| {
+                // A list carries names and labels, never the data: 4 MiB of configs must not
+                // make `config ls` exceed a message limit. `GetConfig` returns the data.
+                let mut c = c.clone();
+                if let Some(spec) = c.spec.as_mut() {
+                    spec.data.clear();
+                }
+                c
+            })
             .collect();
         Ok(Response::new(ListConfigsResponse { configs }))
     }

@@ -1,6 +1,8 @@
 //! Node sessions (`shoal.v1.Dispatcher`): every node heartbeats a manager; the leader records
 //! it Ready (with the address the heartbeat came from) and marks it Down once it misses three
-//! periods. Followers forward heartbeats, with the node's identity, to the leader.
+//! periods, and tells it the role the swarm holds for it (a node whose certificate says
+//! otherwise renews and changes role). Followers forward heartbeats, with the node's identity,
+//! to the leader.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -170,6 +172,7 @@ impl Dispatcher for DispatcherService {
             .cloned()
             .ok_or_else(|| Status::not_found(format!("node {node_id} is not in the swarm")))?;
         manager.liveness.seen(&node_id);
+        let role = node.role;
         let addr = origin.ip.map(|ip| ip.to_string());
         let status = node.status.clone().unwrap_or_default();
         let stale = status.state != NodeState::Ready as i32
@@ -189,6 +192,7 @@ impl Dispatcher for DispatcherService {
         Ok(Response::new(HeartbeatResponse {
             period_ms: heartbeat_period(&view).as_millis() as u64,
             managers: manager_addresses(&view),
+            role: Some(role),
         }))
     }
 }

@@ -2,8 +2,10 @@
 //! and creates the first cluster objects at `swarm init`.
 
 pub mod authz;
+pub mod autolock;
 pub mod bootstrap;
 pub mod ca;
+pub mod compaction;
 pub mod control;
 pub mod dispatcher;
 pub mod error;
@@ -36,6 +38,9 @@ pub struct Manager {
     /// One channel per leader address: forwarded calls reuse the connection.
     channels: Mutex<HashMap<String, Channel>>,
     pub(crate) liveness: dispatcher::Liveness,
+    /// Held while a manager's role and its raft membership change together (a demotion, the
+    /// last step of a raft join), so neither sees the other half done.
+    pub(crate) role_change: tokio::sync::Mutex<()>,
 }
 
 impl Manager {
@@ -48,6 +53,7 @@ impl Manager {
             dialer: None,
             channels: Mutex::default(),
             liveness: dispatcher::Liveness::default(),
+            role_change: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -136,10 +142,14 @@ impl Manager {
 
     /// A view that reflects every write acknowledged before this call (a read barrier).
     pub async fn current_view(&self) -> Result<View, ManagerError> {
-        self.log
-            .ensure_linearizable()
-            .await
-            .map_err(propose_error)?;
+        self.log.ensure_linearizable().await.map_err(|e| match e {
+            // A read changes nothing: no "may or may not have been applied" here.
+            ProposeError::Timeout(after) => ManagerError::Unavailable(format!(
+                "the swarm does not have a quorum of managers: none answered within {}s",
+                after.as_secs()
+            )),
+            other => propose_error(other),
+        })?;
         Ok(self.store.view())
     }
 }

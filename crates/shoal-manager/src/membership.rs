@@ -92,6 +92,23 @@ impl RaftMembership for RaftMembershipService {
                     )));
                 }
             }
+            // A demotion that ran while the learner caught up found nothing to take out of
+            // raft; it must not end up with a voter the store calls a worker.
+            let _role_change = manager.role_change.lock().await;
+            let still_manager = manager
+                .store()
+                .view()
+                .get::<Node>(&node_id)
+                .is_some_and(|n| {
+                    n.role == NodeRole::Manager as i32
+                        && n.manager_status.as_ref().map(|m| m.raft_id) == Some(raft_id)
+                });
+            if !still_manager {
+                let _ = log.remove_node(raft_id).await;
+                return Err(Status::permission_denied(format!(
+                    "node {node_id} was demoted while it joined raft"
+                )));
+            }
             let mut voters: BTreeSet<u64> = log.status().voters.into_iter().collect();
             voters.insert(raft_id);
             log.change_voters(voters).await.map_err(propose)?;

@@ -70,6 +70,7 @@ async fn fixture() -> Fixture {
         },
         node_addr: "127.0.0.1".into(),
         manager_addr: "127.0.0.1:2377".into(),
+        unlock_key: None,
     };
     manager.commit(bootstrap.transaction()).await.unwrap();
     let slot = ManagerSlot::default();
@@ -369,6 +370,105 @@ async fn token_rotation_and_cluster_settings() {
 }
 
 #[tokio::test]
+async fn the_unlock_key_follows_autolock_and_is_never_in_the_cluster_view() {
+    let f = fixture().await;
+    let get_key = || async {
+        f.api
+            .get_unlock_key(Request::new(GetUnlockKeyRequest {}))
+            .await
+    };
+    let refused = get_key().await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("--autolock=true"), "{refused:?}");
+    let refused = f
+        .api
+        .rotate_unlock_key(Request::new(RotateUnlockKeyRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+
+    let set_autolock = |on: bool| {
+        let cluster = f.manager.store().view().cluster().cloned().unwrap();
+        let mut spec = cluster.spec.clone().unwrap();
+        spec.encryption.get_or_insert_default().auto_lock_managers = on;
+        f.api.update_cluster(Request::new(UpdateClusterRequest {
+            cluster_id: cluster.id.clone(),
+            version: cluster.meta.unwrap().version,
+            spec: Some(spec),
+            ..Default::default()
+        }))
+    };
+    let updated = set_autolock(true)
+        .await
+        .unwrap()
+        .into_inner()
+        .cluster
+        .unwrap();
+    assert!(updated.unlock_key.is_empty(), "UpdateCluster shows the key");
+    let key = get_key().await.unwrap().into_inner().unlock_key;
+    let parsed = shoal_pki::UnlockKey::parse(&key).unwrap();
+    let stored = f.manager.store().view().cluster().cloned().unwrap();
+    assert_eq!(stored.unlock_key, parsed.as_bytes().to_vec());
+    let shown = f
+        .api
+        .get_cluster(Request::new(GetClusterRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .cluster
+        .unwrap();
+    assert!(shown.unlock_key.is_empty(), "GetCluster shows the key");
+
+    // Another update leaves the key alone; a rotation replaces it.
+    set_autolock(true).await.unwrap();
+    assert_eq!(get_key().await.unwrap().into_inner().unlock_key, key);
+    let rotated = f
+        .api
+        .rotate_unlock_key(Request::new(RotateUnlockKeyRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .unlock_key;
+    assert_ne!(rotated, key);
+    assert_eq!(get_key().await.unwrap().into_inner().unlock_key, rotated);
+
+    set_autolock(false).await.unwrap();
+    assert!(
+        f.manager
+            .store()
+            .view()
+            .cluster()
+            .unwrap()
+            .unlock_key
+            .is_empty()
+    );
+    assert_eq!(
+        get_key().await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+}
+
+#[tokio::test]
+async fn a_locked_manager_refuses_control_with_one_line() {
+    let slot = ManagerSlot::default();
+    slot.set_locked();
+    assert!(slot.is_locked());
+    let api = ControlApi::new(slot.clone());
+    let refused = api
+        .list_nodes(Request::new(ListNodesRequest { filters: None }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(
+        refused.message(),
+        "this manager is locked: run shoal swarm unlock"
+    );
+    // Filling (or emptying) the slot ends the locked state.
+    slot.set(None);
+    assert!(!slot.is_locked());
+}
+
+#[tokio::test]
 async fn no_manager_no_control() {
     let api = ControlApi::new(ManagerSlot::default());
     let refused = api
@@ -393,4 +493,75 @@ async fn malformed_proposals_change_nothing_but_the_index() {
     assert_eq!(result.outcome, transaction_result::Outcome::Invalid as i32);
     let after = f.manager.store().view().snapshot();
     assert_eq!(before.objects, after.objects);
+}
+
+#[tokio::test]
+async fn raft_settings_reach_the_running_log_and_zeroes_are_refused() {
+    let f = fixture().await;
+    let follower = tokio::spawn(shoal_manager::compaction::follow_raft_settings(
+        f.manager.clone(),
+    ));
+    let log = f.manager.log().clone();
+    let policy = |interval, keep| shoal_raft::CompactionPolicy {
+        snapshot_interval: interval,
+        keep_after_snapshot: keep,
+    };
+    let settle = |want: shoal_raft::CompactionPolicy| {
+        let log = log.clone();
+        async move {
+            for _ in 0..500 {
+                if log.compaction() == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the log never took {want:?}: {:?}", log.compaction());
+        }
+    };
+    settle(policy(10_000, 500)).await;
+
+    let cluster = f.manager.store().view().cluster().cloned().unwrap();
+    let mut spec = cluster.spec.clone().unwrap();
+    let raft = spec.raft.as_mut().unwrap();
+    raft.snapshot_interval = 40;
+    raft.log_entries_for_slow_followers = 7;
+    let updated = f
+        .api
+        .update_cluster(Request::new(UpdateClusterRequest {
+            cluster_id: cluster.id.clone(),
+            version: cluster.meta.unwrap().version,
+            spec: Some(spec.clone()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .cluster
+        .unwrap();
+    settle(policy(40, 7)).await;
+
+    for (interval, keep, what) in [(0, 7, "snapshot interval"), (40, 0, "slow followers")] {
+        let mut bad = spec.clone();
+        let raft = bad.raft.as_mut().unwrap();
+        raft.snapshot_interval = interval;
+        raft.log_entries_for_slow_followers = keep;
+        let refused = f
+            .api
+            .update_cluster(Request::new(UpdateClusterRequest {
+                cluster_id: cluster.id.clone(),
+                version: updated.meta.unwrap().version,
+                spec: Some(bad),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(
+            refused.message().contains(what) && refused.message().contains("at least 1"),
+            "{}",
+            refused.message()
+        );
+    }
+    assert_eq!(log.compaction(), policy(40, 7));
+    follower.abort();
 }

@@ -195,11 +195,51 @@ impl RootCa {
                 minimum: MIN_NODE_CERT_VALIDITY,
             });
         }
+        let now = now_whole_seconds();
+        // A leaf that outlives its root would fail verification anyway; stopping at the root's
+        // end makes the certificate say so and keeps renewal scheduling honest.
+        let not_after = (now + req.validity).min(self.not_after);
+        if not_after <= now {
+            return Err(PkiError::InvalidRootCa("root ca has expired".into()));
+        }
+        self.sign(csr_pem, req, now - CLOCK_SKEW_BACKDATE, not_after)
+    }
+
+    /// Issues a node certificate valid exactly from `not_before` to `not_after`, outside the
+    /// CA's lifetime policy (no minimum, no backdating, no cap at the root's end).
+    ///
+    /// For tests and tools that need, say, a certificate that has already expired; the CA
+    /// service never issues through this.
+    pub fn sign_node_valid_between(
+        &self,
+        csr_pem: &str,
+        req: &NodeCertRequest,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<IssuedCert> {
+        if not_after <= not_before {
+            return Err(PkiError::InvalidRequest(
+                "not_after must be later than not_before".into(),
+            ));
+        }
+        let whole = |t: SystemTime| {
+            let t = OffsetDateTime::from(t);
+            t.replace_nanosecond(0).unwrap_or(t)
+        };
+        self.sign(csr_pem, req, whole(not_before), whole(not_after))
+    }
+
+    fn sign(
+        &self,
+        csr_pem: &str,
+        req: &NodeCertRequest,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<IssuedCert> {
         check_name_field("node id", &req.node_id)?;
         check_name_field("cluster id", &req.cluster_id)?;
         let public_key = csr_public_key(csr_pem)?;
 
-        let now = now_whole_seconds();
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, req.node_id.as_str());
@@ -215,13 +255,8 @@ impl RootCa {
         ];
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial());
-        params.not_before = now - CLOCK_SKEW_BACKDATE;
-        // A leaf that outlives its root would fail verification anyway; stopping at the root's
-        // end makes the certificate say so and keeps renewal scheduling honest.
-        params.not_after = (now + req.validity).min(self.not_after);
-        if params.not_after <= now {
-            return Err(PkiError::InvalidRootCa("root ca has expired".into()));
-        }
+        params.not_before = not_before;
+        params.not_after = not_after;
 
         let cert = params
             .signed_by(&public_key, &self.issuer)

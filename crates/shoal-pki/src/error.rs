@@ -4,6 +4,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::seal::UnlockKeyError;
 use crate::token::TokenError;
 
 /// Result alias used throughout the crate.
@@ -132,6 +133,22 @@ pub enum PkiError {
     /// The stored node certificate does not belong to the stored key.
     #[error("certificate file {cert} does not match key file {key}")]
     StoredKeyMismatch { cert: PathBuf, key: PathBuf },
+
+    /// The key file is sealed (autolock) and no unlock key was given.
+    #[error("key file {path} is encrypted: this node is locked and needs the swarm's unlock key")]
+    KeySealed { path: PathBuf },
+
+    /// The unlock key given does not open the sealed key file.
+    #[error("the unlock key does not open key file {path}")]
+    WrongUnlockKey { path: PathBuf },
+
+    /// An unlock key could not be parsed.
+    #[error(transparent)]
+    UnlockKey(#[from] UnlockKeyError),
+
+    /// The operating system's random number generator failed.
+    #[error("the system random number generator failed")]
+    Random,
 
     /// A filesystem operation failed.
     #[error("failed to {op} {path}: {source}")]

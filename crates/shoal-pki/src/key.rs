@@ -64,6 +64,20 @@ impl NodeKey {
         self.pair.public_key_raw()
     }
 
+    /// The key as PKCS#8 DER (what a sealed key file keeps).
+    pub(crate) fn pkcs8_der(&self) -> Vec<u8> {
+        self.pair.serialize_der()
+    }
+
+    /// Loads a PKCS#8 DER key; only P-256 keys are accepted.
+    pub(crate) fn from_pkcs8_der(der: &[u8]) -> Result<NodeKey> {
+        let pair = KeyPair::try_from(der).map_err(|e| PkiError::InvalidKey(e.to_string()))?;
+        if pair.algorithm() != &PKCS_ECDSA_P256_SHA256 {
+            return Err(PkiError::InvalidKey("not an ecdsa p-256 key".into()));
+        }
+        Ok(NodeKey { pair })
+    }
+
     pub(crate) fn private_key_der(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.pair.serialize_der()))
     }

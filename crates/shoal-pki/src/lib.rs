@@ -13,6 +13,8 @@ mod error;
 mod identity;
 mod key;
 mod pem;
+mod seal;
+mod slot;
 mod store;
 mod tls;
 mod token;
@@ -25,6 +27,11 @@ pub use ca::{
 pub use error::{FileKind, PkiError, Result};
 pub use identity::{NodeIdentity, renewal_time};
 pub use key::NodeKey;
+pub use seal::{
+    DataKey, KEY_LEN, KeyProtection, UNLOCK_KEY_PREFIX, UNLOCK_KEY_VERSION, UnlockKey,
+    UnlockKeyError,
+};
+pub use slot::IdentitySlot;
 pub use store::{CERT_FILE, KEY_FILE, NodeCertificates, ROOT_CA_FILE};
 pub use tls::{
     ALPN_H2, anonymous_client_config, client_config, insecure_bootstrap_client_config,

@@ -6,19 +6,21 @@
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, Resumption};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{NoServerSessionStorage, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::error::Result;
 use crate::pem::one_cert_der;
+use crate::slot::IdentitySlot;
 use crate::store::NodeCertificates;
 
 /// The ALPN protocol every shoal connection speaks (gRPC over HTTP/2).
 pub const ALPN_H2: &[u8] = b"h2";
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -34,32 +36,54 @@ fn root_store(root_ca_pem: &str) -> Result<Arc<RootCertStore>> {
 /// The anonymous path exists for the two bootstrap RPCs (get root CA, issue certificate with a
 /// token). Every other method must be refused above this layer when the peer has no
 /// certificate; TLS alone does not do it.
+///
+/// The certificate is fixed; [`IdentitySlot::server_config`] makes one that follows renewals.
 pub fn server_config(certs: &NodeCertificates) -> Result<ServerConfig> {
-    let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(
-        root_store(&certs.root_ca_pem)?,
-        provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()?;
-    let leaf = one_cert_der(&certs.cert_pem, "certificate")?;
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![leaf], certs.key.private_key_der())?;
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    Ok(config)
+    IdentitySlot::new(certs)?.server_config()
 }
 
 /// Client side of host-to-host TLS: presents the node certificate and trusts only the root.
 /// Dial with server name [`crate::Role::dns_name`] of the role being called.
+///
+/// The certificate is fixed; [`IdentitySlot::client_config`] makes one that follows renewals.
 pub fn client_config(certs: &NodeCertificates) -> Result<ClientConfig> {
-    let leaf = one_cert_der(&certs.cert_pem, "certificate")?;
+    IdentitySlot::new(certs)?.client_config()
+}
+
+pub(crate) fn server_config_with(
+    root_ca_pem: &str,
+    resolver: Arc<dyn ResolvesServerCert>,
+) -> Result<ServerConfig> {
+    let provider = provider();
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(root_store(root_ca_pem)?, provider.clone())
+            .allow_unauthenticated()
+            .build()?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // A resumed session carries the client certificate of its first handshake: after a renewal
+    // (a new role, a revoked serial) the peer would go on being judged by the old one. Every
+    // connection proves its current certificate instead; connections are long-lived HTTP/2, so
+    // the full handshakes cost little.
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
+}
+
+pub(crate) fn client_config_with(
+    root_ca_pem: &str,
+    resolver: Arc<dyn ResolvesClientCert>,
+) -> Result<ClientConfig> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(root_store(&certs.root_ca_pem)?)
-        .with_client_auth_cert(vec![leaf], certs.key.private_key_der())?;
+        .with_root_certificates(root_store(root_ca_pem)?)
+        .with_client_cert_resolver(resolver);
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // See `server_config_with`: resuming would present the identity of an earlier handshake.
+    config.resumption = Resumption::disabled();
     Ok(config)
 }
 

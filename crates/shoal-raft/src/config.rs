@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::cipher::StorageCipher;
+use crate::compaction::CompactionPolicy;
 use crate::error::RaftError;
 
 /// Configuration of one node of the replicated log.
@@ -18,9 +20,11 @@ pub struct RaftConfig {
     /// `[election_timeout_min, election_timeout_max)` starts an election.
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
-    /// Take a snapshot (and allow compaction) every this many log entries.
+    /// Take a snapshot (and allow compaction) every this many log entries. The starting value:
+    /// [`crate::ReplicatedLog::set_compaction`] changes it while running.
     pub snapshot_interval: u64,
-    /// Entries kept after a snapshot so slow followers can catch up from the log.
+    /// Entries kept after a snapshot so slow followers can catch up from the log (the starting
+    /// value, as `snapshot_interval`).
     pub logs_to_keep_after_snapshot: u64,
     /// Coalesce concurrently queued proposals into one log entry.
     pub group_commit: bool,
@@ -33,6 +37,10 @@ pub struct RaftConfig {
     /// through by then fails with [`crate::ProposeError::Timeout`] instead of waiting forever
     /// (a leader cut off from its followers stays leader in its own eyes).
     pub commit_timeout: Duration,
+    /// Seals every log entry and snapshot this node stores (see [`StorageCipher`]). `None`
+    /// stores them in clear; a data directory is either encrypted or not from its creation, and
+    /// opening it the other way is refused.
+    pub cipher: Option<StorageCipher>,
 }
 
 /// Largest AppendEntries payload we build, in entry bytes (a single larger entry is still sent
@@ -59,6 +67,15 @@ impl RaftConfig {
             max_proposal_bytes: 1536 * 1024,
             max_inflight_batches: 4,
             commit_timeout: Duration::from_secs(7),
+            cipher: None,
+        }
+    }
+
+    /// The compaction policy the node starts with.
+    pub(crate) fn compaction(&self) -> CompactionPolicy {
+        CompactionPolicy {
+            snapshot_interval: self.snapshot_interval,
+            keep_after_snapshot: self.logs_to_keep_after_snapshot,
         }
     }
 
@@ -107,13 +124,10 @@ impl RaftConfig {
             // A node that cannot win (partitioned, restarted, stale) must not bump the term and
             // depose a healthy leader when it comes back.
             enable_pre_vote: Some(true),
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_interval),
-            max_in_snapshot_log_to_keep: self.logs_to_keep_after_snapshot,
-            // Past this lag a follower is caught up by snapshot rather than by streaming the log.
-            replication_lag_threshold: self
-                .snapshot_interval
-                .saturating_add(self.logs_to_keep_after_snapshot)
-                .max(1000),
+            // Snapshots and purges are ours to trigger (`compaction`), so that the policy can
+            // change while running; openraft on its own would neither build nor purge.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: u64::MAX,
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES as u64,
             // Covers sending and installing a whole (chunked) snapshot, not one chunk.
             install_snapshot_timeout: 120_000,

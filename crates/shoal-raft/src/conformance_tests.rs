@@ -33,14 +33,21 @@ impl StateMachine for Counter {
     }
 }
 
-struct Builder;
+/// Builds stores in clear, or sealed under a data key (as managers run them).
+struct Builder {
+    sealed: bool,
+}
 
 impl StoreBuilder<TypeConfig, LogStore, SmStore, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, LogStore, SmStore), StorageError<TypeConfig>> {
         let err = |e: String| StorageError::read(TypeConfig::err_from_string(e));
         let dir = tempfile::tempdir().map_err(|e| err(e.to_string()))?;
-        let log = LogStore::open(&dir.path().join("raft.redb")).map_err(|e| err(e.to_string()))?;
-        let snapshots = SnapshotStore::open(&dir.path().join("snapshots.redb"))
+        let cipher = self
+            .sealed
+            .then(|| crate::StorageCipher::with_key(1, &[3; crate::DATA_KEY_LEN]));
+        let log = LogStore::open(&dir.path().join("raft.redb"), cipher.clone())
+            .map_err(|e| err(e.to_string()))?;
+        let snapshots = SnapshotStore::open(&dir.path().join("snapshots.redb"), cipher)
             .map_err(|e| err(e.to_string()))?;
         let sm = SmStore::new(Arc::new(Counter::default()), snapshots);
         Ok((dir, log, sm))
@@ -49,5 +56,14 @@ impl StoreBuilder<TypeConfig, LogStore, SmStore, TempDir> for Builder {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_suite() {
-    Suite::test_all(Builder).await.expect("storage suite");
+    Suite::test_all(Builder { sealed: false })
+        .await
+        .expect("storage suite");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite_sealed() {
+    Suite::test_all(Builder { sealed: true })
+        .await
+        .expect("storage suite, sealed");
 }

@@ -18,6 +18,9 @@ pub enum RaftError {
         found: u8,
         supported: u8,
     },
+    /// A storage file's encryption does not match the data key this node has.
+    #[error("cannot read {}: {reason}", path.display())]
+    Encryption { path: PathBuf, reason: String },
     #[error("raft storage failed: {0}")]
     Storage(String),
     #[error("malformed raft rpc: {0}")]

@@ -12,6 +12,9 @@
 //! committed pointer alone rides in a non-durable commit (made durable by the next one, or at
 //! close): losing it only means re-applying less on restart, never applying something
 //! uncommitted.
+//!
+//! With a [`StorageCipher`] every entry is sealed before it is queued, bound to its index (see
+//! `at_rest`); the vote, committed and purged ids stay in clear.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -30,13 +33,14 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
 
+use crate::at_rest::AtRest;
+use crate::cipher::{RecordKind, StorageCipher};
 use crate::error::RaftError;
-use crate::types::{self, Entry, FORMAT_V1, LogId, TypeConfig, Vote};
+use crate::types::{self, Entry, LogId, TypeConfig, Vote};
 
 const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 
-const KEY_FORMAT: &str = "format";
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_LAST_PURGED: &str = "last_purged";
@@ -97,6 +101,7 @@ struct Shared {
     mem: Arc<Mutex<MemState>>,
     tx: Mutex<Option<mpsc::Sender<WriteOp>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    at_rest: AtRest,
 }
 
 /// Cheap to clone: clones share one database and one writer thread.
@@ -157,9 +162,33 @@ pub(crate) fn release_db(db: Arc<Database>) {
     }
 }
 
+/// The stored form of `entry`: encoded, then sealed at its index when the log is encrypted.
+fn encode_entry(at_rest: &AtRest, entry: &Entry) -> io::Result<Vec<u8>> {
+    let index = entry.log_id.index;
+    let plain = types::encode("log entry", entry)?;
+    at_rest.seal(RecordKind::LogEntry, &index.to_be_bytes(), plain)
+}
+
+fn decode_entry(at_rest: &AtRest, index: u64, stored: &[u8]) -> io::Result<Entry> {
+    let plain = at_rest.open(RecordKind::LogEntry, &index.to_be_bytes(), stored)?;
+    let entry: Entry = types::decode("log entry", &plain)?;
+    // The index is authenticated with the record; a mismatch inside means a damaged writer.
+    if entry.log_id.index != index {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "log entry stored at {index} claims index {}",
+                entry.log_id.index
+            ),
+        ));
+    }
+    Ok(entry)
+}
+
 impl LogStore {
-    /// Opens (or creates) `raft.redb` at `path`, refusing corrupt files and unknown formats.
-    pub(crate) fn open(path: &Path) -> Result<LogStore, RaftError> {
+    /// Opens (or creates) `raft.redb` at `path`, refusing corrupt files, unknown formats and an
+    /// encryption that does not match `cipher` (see `at_rest`).
+    pub(crate) fn open(path: &Path, cipher: Option<StorageCipher>) -> Result<LogStore, RaftError> {
         let db = open_db(path)?;
         let storage = |e: redb::Error| RaftError::Storage(format!("{}: {e}", path.display()));
         let corrupt = |reason: String| RaftError::Corrupt {
@@ -168,35 +197,15 @@ impl LogStore {
         };
 
         let mut mem = MemState::default();
+        let at_rest;
         {
             let txn = db.begin_write().map_err(|e| storage(e.into()))?;
             {
                 let log = txn.open_table(LOG).map_err(|e| storage(e.into()))?;
                 let mut meta = txn.open_table(META).map_err(|e| storage(e.into()))?;
-                let format = meta
-                    .get(KEY_FORMAT)
-                    .map_err(|e| storage(e.into()))?
-                    .map(|v| v.value().to_vec());
-                match format.as_deref() {
-                    None => {
-                        let fresh = log.is_empty().map_err(|e| storage(e.into()))?
-                            && meta.len().map_err(|e| storage(e.into()))? == 0;
-                        if !fresh {
-                            return Err(corrupt("missing format marker".into()));
-                        }
-                        meta.insert(KEY_FORMAT, [FORMAT_V1].as_slice())
-                            .map_err(|e| storage(e.into()))?;
-                    }
-                    Some([FORMAT_V1]) => {}
-                    Some([found]) => {
-                        return Err(RaftError::UnsupportedFormat {
-                            path: path.to_path_buf(),
-                            found: *found,
-                            supported: FORMAT_V1,
-                        });
-                    }
-                    Some(_) => return Err(corrupt("malformed format marker".into())),
-                }
+                let fresh = log.is_empty().map_err(|e| storage(e.into()))?
+                    && meta.len().map_err(|e| storage(e.into()))? == 0;
+                at_rest = AtRest::prepare(path, cipher, &mut meta, fresh)?;
                 let get_meta = |key: &str| -> Result<Option<Vec<u8>>, RaftError> {
                     Ok(meta
                         .get(key)
@@ -215,9 +224,10 @@ impl LogStore {
                 }
                 let last = log.last().map_err(|e| storage(e.into()))?;
                 let last_entry: Option<Entry> = match last {
-                    Some((_, v)) => {
-                        Some(types::decode("log entry", v.value()).map_err(decode_err)?)
-                    }
+                    Some((k, v)) => Some(
+                        decode_entry(&at_rest, k.value(), v.value())
+                            .map_err(|e| corrupt(e.to_string()))?,
+                    ),
                     None => None,
                 };
                 mem.last_log_id = match last_entry {
@@ -246,6 +256,7 @@ impl LogStore {
                 mem,
                 tx: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(writer)),
+                at_rest,
             }),
         })
     }
@@ -344,8 +355,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             if first_pending.is_some_and(|p| index >= p) {
                 break;
             }
-            let entry: Entry = types::decode("log entry", v.value())?;
-            out.push(entry);
+            out.push(decode_entry(&self.shared.at_rest, index, v.value())?);
         }
         out.extend(pending.into_values());
         Ok(out)
@@ -409,7 +419,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let mut encoded = Vec::with_capacity(entries.len());
         for e in &entries {
-            encoded.push((e.log_id.index, types::encode("log entry", e)?));
+            encoded.push((e.log_id.index, encode_entry(&self.shared.at_rest, e)?));
         }
         // Register in memory and queue under one lock, so queue order equals `seq` order.
         let mut mem = self.shared.mem.lock();

@@ -21,6 +21,8 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::cipher::StorageCipher;
+use crate::compaction::{self, CompactionPolicy, SnapshotStats};
 use crate::config::RaftConfig;
 use crate::error::{ProposeError, RaftError};
 use crate::log_store::LogStore;
@@ -41,6 +43,8 @@ pub struct RaftStatus {
     pub snapshot_index: Option<u64>,
     /// Index of the last entry removed by compaction.
     pub purged_index: Option<u64>,
+    /// The latest snapshot built or installed since this node opened.
+    pub last_snapshot: Option<SnapshotStats>,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
     /// Every member (voter or learner) and its address.
@@ -79,6 +83,7 @@ struct Inner {
     leader_tx: Arc<watch::Sender<Option<u64>>>,
     /// When this node last became leader (`None` while it is not), kept by the metrics watcher.
     leader_since: Arc<Mutex<Option<Instant>>>,
+    compaction: watch::Sender<CompactionPolicy>,
     closed: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -123,7 +128,8 @@ impl ReplicatedLog {
     ) -> Result<ReplicatedLog, RaftError> {
         let raft_config = Arc::new(config.to_openraft()?);
         let dir = config.data_dir.clone();
-        let (log_store, snapshots) = tokio::task::spawn_blocking(move || open_stores(&dir))
+        let cipher = config.cipher.clone();
+        let (log_store, snapshots) = tokio::task::spawn_blocking(move || open_stores(&dir, cipher))
             .await
             .map_err(|e| RaftError::Fatal(format!("open task failed: {e}")))??;
         let id = config.node_id;
@@ -151,12 +157,16 @@ impl ReplicatedLog {
         let (leader_tx, _) = watch::channel(None);
         let leader_tx = Arc::new(leader_tx);
         let leader_since = Arc::new(Mutex::new(None));
-        let mut tasks = vec![tokio::spawn(watch_metrics(
-            id,
-            raft.clone(),
-            leader_tx.clone(),
-            leader_since.clone(),
-        ))];
+        let (compaction, policy) = watch::channel(config.compaction());
+        let mut tasks = vec![
+            tokio::spawn(watch_metrics(
+                id,
+                raft.clone(),
+                leader_tx.clone(),
+                leader_since.clone(),
+            )),
+            tokio::spawn(compaction::run(id, raft.clone(), policy)),
+        ];
         let batch_tx = if config.group_commit {
             let (tx, rx) = mpsc::channel(config.max_batch_proposals.max(1) * 4);
             tasks.push(tokio::spawn(batcher(
@@ -181,6 +191,7 @@ impl ReplicatedLog {
                 batch_tx: Mutex::new(batch_tx),
                 leader_tx,
                 leader_since,
+                compaction,
                 closed: AtomicBool::new(false),
                 tasks: Mutex::new(tasks),
             }),
@@ -364,6 +375,7 @@ impl ReplicatedLog {
             last_applied: m.last_applied.map(|l| l.index),
             snapshot_index: m.snapshot.map(|l| l.index),
             purged_index: m.purged.map(|l| l.index),
+            last_snapshot: self.inner.snapshots.last_stats(),
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
             members: membership
@@ -401,7 +413,8 @@ impl ReplicatedLog {
     }
 
     /// Adds `id` (reachable at `addr`) as a non-voting learner. With `blocking`, returns once it
-    /// has caught up with the leader's log.
+    /// holds the leader's log up to its own addition, by log or by snapshot, so that a learner
+    /// made a voter next can vote on current entries at once.
     pub async fn add_learner(
         &self,
         id: u64,
@@ -409,16 +422,53 @@ impl ReplicatedLog {
         blocking: bool,
     ) -> Result<(), ProposeError> {
         let raft = &self.inner.raft;
-        // Catching up may rightly take long: the caller bounds a blocking add.
-        let limit = if blocking {
-            Duration::MAX
-        } else {
-            self.inner.config.commit_timeout
-        };
-        retry_in_progress(limit, || {
-            raft.add_learner(id, BasicNode { addr: addr.clone() }, blocking)
+        retry_in_progress(self.inner.config.commit_timeout, || {
+            raft.add_learner(id, BasicNode { addr: addr.clone() }, false)
         })
-        .await
+        .await?;
+        if !blocking {
+            return Ok(());
+        }
+        // A fixed target, reached even while writes go on; openraft's own blocking add waits
+        // for "within N entries of the last one", which a busy leader's log may keep outrunning
+        // and a short log satisfies before a snapshot has even been sent.
+        let target = self.status().last_log_index.unwrap_or(0);
+        // Catching up may rightly take long (a whole snapshot): the caller bounds it.
+        self.wait_replicated(id, target).await
+    }
+
+    /// Waits (on the leader) until `id` holds the log up to `target`.
+    async fn wait_replicated(&self, id: u64, target: u64) -> Result<(), ProposeError> {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_watched();
+                let membership = m.membership_config.membership();
+                if m.state != ServerState::Leader {
+                    return Err(ProposeError::NotLeader {
+                        leader_id: m.current_leader,
+                        leader_addr: m
+                            .current_leader
+                            .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone())),
+                    });
+                }
+                if membership.get_node(&id).is_none() {
+                    return Err(ProposeError::Rejected(format!(
+                        "node {id} was removed while catching up"
+                    )));
+                }
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten());
+                if matched.is_some_and(|l| l.index >= target) {
+                    return Ok(());
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return Err(ProposeError::Shutdown);
+            }
+        }
     }
 
     /// Makes exactly `voters` the voting members (each must already be a member). Voters left out
@@ -456,6 +506,33 @@ impl ReplicatedLog {
             .transfer_leader(to)
             .await
             .map_err(fatal_to_raft)
+    }
+
+    /// Changes when this node snapshots and how much log it keeps behind a snapshot, from now on
+    /// (the next check happens at once).
+    pub fn set_compaction(&self, policy: CompactionPolicy) -> Result<(), RaftError> {
+        if policy.snapshot_interval == 0 {
+            return Err(RaftError::Config("snapshot_interval must be > 0".into()));
+        }
+        let changed = self.inner.compaction.send_if_modified(|current| {
+            let changed = *current != policy;
+            *current = policy;
+            changed
+        });
+        if changed {
+            tracing::info!(
+                node = self.inner.id,
+                snapshot_interval = policy.snapshot_interval,
+                keep_after_snapshot = policy.keep_after_snapshot,
+                "raft compaction policy changed"
+            );
+        }
+        Ok(())
+    }
+
+    /// The compaction policy in force.
+    pub fn compaction(&self) -> CompactionPolicy {
+        *self.inner.compaction.borrow()
     }
 
     /// Takes a snapshot now instead of waiting for `snapshot_interval` entries.
@@ -576,13 +653,16 @@ impl ReplicatedLog {
     }
 }
 
-pub(crate) fn open_stores(dir: &Path) -> Result<(LogStore, SnapshotStore), RaftError> {
+pub(crate) fn open_stores(
+    dir: &Path,
+    cipher: Option<StorageCipher>,
+) -> Result<(LogStore, SnapshotStore), RaftError> {
     std::fs::create_dir_all(dir).map_err(|e| RaftError::Open {
         path: dir.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let log_store = LogStore::open(&dir.join(RAFT_FILE))?;
-    match SnapshotStore::open(&dir.join(SNAPSHOT_FILE)) {
+    let log_store = LogStore::open(&dir.join(RAFT_FILE), cipher.clone())?;
+    match SnapshotStore::open(&dir.join(SNAPSHOT_FILE), cipher) {
         Ok(snapshots) => Ok((log_store, snapshots)),
         Err(e) => {
             log_store.close();

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use openraft::storage::{RaftLogReader, RaftLogStorage};
 use openraft::{BasicNode, EntryPayload, Membership};
 
+use crate::cipher::StorageCipher;
 use crate::config::RaftConfig;
 use crate::error::RaftError;
 use crate::node::{close_stores, open_stores};
@@ -61,7 +62,7 @@ pub async fn force_new_cluster(
     })
     .await?;
 
-    let forced = rewrite(&work, config.node_id, addr, scratch).await;
+    let forced = rewrite(&work, config.node_id, addr, scratch, config.cipher.clone()).await;
     let forced = match forced {
         Ok(forced) => forced,
         Err(e) => {
@@ -93,9 +94,10 @@ async fn rewrite(
     id: u64,
     addr: String,
     app: Arc<dyn StateMachine>,
+    cipher: Option<StorageCipher>,
 ) -> Result<ForcedCluster, RaftError> {
     let dir_owned = dir.to_path_buf();
-    let (mut log_store, snapshots) = blocking(move || open_stores(&dir_owned)).await?;
+    let (mut log_store, snapshots) = blocking(move || open_stores(&dir_owned, cipher)).await?;
     let result = async {
         let stored = {
             let snapshots = snapshots.clone();

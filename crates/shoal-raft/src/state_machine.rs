@@ -4,10 +4,14 @@
 //! The application state is transient: it is rebuilt on start from the stored snapshot plus the
 //! committed log tail (openraft re-applies up to the persisted committed pointer). Snapshots are
 //! therefore persisted before they are reported or installed.
+//!
+//! With a [`StorageCipher`] the snapshot data is sealed, bound to the snapshot's metadata (see
+//! `at_rest`); the metadata stays in clear.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::TryStreamExt;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
@@ -17,10 +21,13 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
 
+use crate::at_rest::AtRest;
+use crate::cipher::{RecordKind, StorageCipher};
+use crate::compaction::SnapshotStats;
 use crate::error::RaftError;
 use crate::log_store::{open_db, release_db};
 use crate::types::{
-    self, Blob, FORMAT_V1, LogId, Replies, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
+    self, Blob, LogId, Replies, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
 };
 
 /// The replicated application. Implementations must be deterministic: every replica applies the
@@ -34,12 +41,22 @@ pub trait StateMachine: Send + Sync + 'static {
     fn apply(&self, index: u64, proposal: &[u8]) -> Vec<u8>;
     /// The whole state, serialized, as of the last applied index.
     fn snapshot(&self) -> Vec<u8>;
+    /// Captures the state as of the last applied index and returns what serializes it. Raft
+    /// calls this on its state-machine task and runs the returned closure on a blocking thread,
+    /// so applying goes on meanwhile: a state that can capture a cheap immutable view should do
+    /// so here rather than serialize. By default it serializes at once.
+    fn begin_snapshot(&self) -> SnapshotWriter {
+        let data = self.snapshot();
+        Box::new(move || data)
+    }
     /// Replaces the whole state with a snapshot taken at `index`.
     fn restore(&self, index: u64, data: &[u8]) -> Result<(), String>;
 }
 
+/// Serializes a state captured by [`StateMachine::begin_snapshot`].
+pub type SnapshotWriter = Box<dyn FnOnce() -> Vec<u8> + Send>;
+
 const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("snapshot");
-const KEY_FORMAT: &str = "format";
 const KEY_META: &str = "meta";
 const KEY_DATA: &str = "data";
 
@@ -52,46 +69,26 @@ fn io_err(e: impl Into<redb::Error>) -> io::Error {
 pub(crate) struct SnapshotStore {
     path: PathBuf,
     db: Arc<Mutex<Option<Arc<Database>>>>,
+    /// The latest snapshot built or installed since the node opened.
+    last: Arc<Mutex<Option<SnapshotStats>>>,
+    at_rest: AtRest,
 }
 
 impl SnapshotStore {
-    pub(crate) fn open(path: &Path) -> Result<SnapshotStore, RaftError> {
+    /// Opens (or creates) `snapshots.redb`, refusing corrupt files, unknown formats and an
+    /// encryption that does not match `cipher`.
+    pub(crate) fn open(
+        path: &Path,
+        cipher: Option<StorageCipher>,
+    ) -> Result<SnapshotStore, RaftError> {
         let db = open_db(path)?;
         let storage = |e: redb::Error| RaftError::Storage(format!("{}: {e}", path.display()));
         let txn = db.begin_write().map_err(|e| storage(e.into()))?;
+        let at_rest;
         {
             let mut table = txn.open_table(SNAPSHOT).map_err(|e| storage(e.into()))?;
-            let format = table
-                .get(KEY_FORMAT)
-                .map_err(|e| storage(e.into()))?
-                .map(|v| v.value().to_vec());
-            match format.as_deref() {
-                None => {
-                    if table.len().map_err(|e| storage(e.into()))? != 0 {
-                        return Err(RaftError::Corrupt {
-                            path: path.to_path_buf(),
-                            reason: "missing format marker".into(),
-                        });
-                    }
-                    table
-                        .insert(KEY_FORMAT, [FORMAT_V1].as_slice())
-                        .map_err(|e| storage(e.into()))?;
-                }
-                Some([FORMAT_V1]) => {}
-                Some([found]) => {
-                    return Err(RaftError::UnsupportedFormat {
-                        path: path.to_path_buf(),
-                        found: *found,
-                        supported: FORMAT_V1,
-                    });
-                }
-                Some(_) => {
-                    return Err(RaftError::Corrupt {
-                        path: path.to_path_buf(),
-                        reason: "malformed format marker".into(),
-                    });
-                }
-            }
+            let fresh = table.len().map_err(|e| storage(e.into()))? == 0;
+            at_rest = AtRest::prepare(path, cipher, &mut table, fresh)?;
             if let Some(meta) = table.get(KEY_META).map_err(|e| storage(e.into()))? {
                 types::decode::<SnapshotMeta>("snapshot meta", meta.value()).map_err(|e| {
                     RaftError::Corrupt {
@@ -105,7 +102,18 @@ impl SnapshotStore {
         Ok(SnapshotStore {
             path: path.to_path_buf(),
             db: Arc::new(Mutex::new(Some(Arc::new(db)))),
+            last: Arc::default(),
+            at_rest,
         })
+    }
+
+    /// The latest snapshot built or installed since the node opened.
+    pub(crate) fn last_stats(&self) -> Option<SnapshotStats> {
+        *self.last.lock()
+    }
+
+    fn record(&self, stats: SnapshotStats) {
+        *self.last.lock() = Some(stats);
     }
 
     pub(crate) fn close(&self) {
@@ -119,6 +127,13 @@ impl SnapshotStore {
             .lock()
             .clone()
             .ok_or_else(|| io::Error::other(format!("{} is closed", self.path.display())))
+    }
+
+    /// The stored form of snapshot `data`, sealed to the exact metadata bytes stored beside it,
+    /// so data cannot be paired with another snapshot's metadata.
+    fn seal(&self, meta_bytes: &[u8], data: &[u8]) -> io::Result<Vec<u8>> {
+        self.at_rest
+            .seal(RecordKind::Snapshot, meta_bytes, data.to_vec())
     }
 
     pub(crate) fn load_meta(&self) -> io::Result<Option<SnapshotMeta>> {
@@ -138,17 +153,18 @@ impl SnapshotStore {
         let Some(meta) = table.get(KEY_META).map_err(io_err)? else {
             return Ok(None);
         };
-        let meta: SnapshotMeta = types::decode("snapshot meta", meta.value())?;
-        let data = table
-            .get(KEY_DATA)
-            .map_err(io_err)?
-            .map(|v| v.value().to_vec())
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: snapshot data missing", self.path.display()),
-                )
-            })?;
+        let meta_bytes = meta.value().to_vec();
+        let meta: SnapshotMeta = types::decode("snapshot meta", &meta_bytes)?;
+        let stored = table.get(KEY_DATA).map_err(io_err)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: snapshot data missing", self.path.display()),
+            )
+        })?;
+        let data = self
+            .at_rest
+            .open(RecordKind::Snapshot, &meta_bytes, stored.value())?
+            .into_owned();
         Ok(Some(Snapshot {
             meta,
             snapshot: data,
@@ -160,6 +176,7 @@ impl SnapshotStore {
     /// Returns whether it wrote.
     pub(crate) fn save(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<bool> {
         let meta_bytes = types::encode("snapshot meta", meta)?;
+        let data = self.seal(&meta_bytes, data)?;
         let db = self.db()?;
         let mut txn = db.begin_write().map_err(io_err)?;
         txn.set_durability(Durability::Immediate).map_err(io_err)?;
@@ -175,7 +192,7 @@ impl SnapshotStore {
             table
                 .insert(KEY_META, meta_bytes.as_slice())
                 .map_err(io_err)?;
-            table.insert(KEY_DATA, data).map_err(io_err)?;
+            table.insert(KEY_DATA, data.as_slice()).map_err(io_err)?;
         }
         txn.commit().map_err(io_err)?;
         Ok(true)
@@ -185,6 +202,7 @@ impl SnapshotStore {
     /// a snapshot at the same index).
     pub(crate) fn replace(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
         let meta_bytes = types::encode("snapshot meta", meta)?;
+        let data = self.seal(&meta_bytes, data)?;
         let db = self.db()?;
         let mut txn = db.begin_write().map_err(io_err)?;
         txn.set_durability(Durability::Immediate).map_err(io_err)?;
@@ -193,7 +211,7 @@ impl SnapshotStore {
             table
                 .insert(KEY_META, meta_bytes.as_slice())
                 .map_err(io_err)?;
-            table.insert(KEY_DATA, data).map_err(io_err)?;
+            table.insert(KEY_DATA, data.as_slice()).map_err(io_err)?;
         }
         txn.commit().map_err(io_err)
     }
@@ -234,10 +252,11 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// A snapshot captured on the state-machine task (so it matches `last_applied` exactly), then
-/// persisted on a spawned task.
+/// serialized and persisted on a blocking thread.
 pub(crate) struct SnapshotBuilder {
     meta: SnapshotMeta,
-    data: Vec<u8>,
+    /// In a mutex only because openraft wants the builder `Sync`.
+    writer: Mutex<Option<SnapshotWriter>>,
     snapshots: SnapshotStore,
 }
 
@@ -246,16 +265,33 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let meta = self.meta.clone();
-        let data = std::mem::take(&mut self.data);
+        let writer = self
+            .writer
+            .lock()
+            .take()
+            .ok_or_else(|| io::Error::other("snapshot builder used twice"))?;
         let store = self.snapshots.clone();
-        let index = meta.last_log_id.map(|l| l.index);
-        let size = data.len();
-        let (meta, data) = blocking(move || {
+        let index = meta.last_log_id.map_or(0, |l| l.index);
+        let (meta, data, serialize, persist) = blocking(move || {
+            let started = Instant::now();
+            let data = writer();
+            let serialize = started.elapsed();
             store.save(&meta, &data)?;
-            Ok((meta, data))
+            Ok((meta, data, serialize, started.elapsed() - serialize))
         })
         .await?;
-        tracing::info!(index, size, "raft snapshot built and persisted");
+        self.snapshots.record(SnapshotStats {
+            index,
+            bytes: data.len() as u64,
+            build: Some(serialize + persist),
+        });
+        tracing::info!(
+            index,
+            size = data.len(),
+            serialize_ms = serialize.as_millis() as u64,
+            persist_ms = persist.as_millis() as u64,
+            "raft snapshot built and persisted"
+        );
         Ok(Snapshot {
             meta,
             snapshot: data,
@@ -313,7 +349,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                 last_log_id: last_applied,
                 last_membership: membership,
             },
-            data: self.app.snapshot(),
+            writer: Mutex::new(Some(self.app.begin_snapshot())),
             snapshots: self.snapshots.clone(),
         }
     }
@@ -326,6 +362,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         let index = meta.last_log_id.map_or(0, |l| l.index);
         let store = self.snapshots.clone();
         let owned_meta = meta.clone();
+        let started = Instant::now();
         // On restart openraft installs the stored snapshot itself: no need to write it again.
         let (snapshot, written) = blocking(move || {
             if store.load_meta()?.as_ref() == Some(&owned_meta) {
@@ -335,16 +372,25 @@ impl RaftStateMachine<TypeConfig> for SmStore {
             Ok((snapshot, written))
         })
         .await?;
+        let persist = started.elapsed();
         self.app.restore(index, &snapshot).map_err(|e| {
             io::Error::other(format!("state machine refused snapshot at {index}: {e}"))
         })?;
+        let restore = started.elapsed() - persist;
         let mut applied = self.applied.lock();
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
+        self.snapshots.record(SnapshotStats {
+            index,
+            bytes: snapshot.len() as u64,
+            build: None,
+        });
         tracing::info!(
             index,
             size = snapshot.len(),
             persisted = written,
+            persist_ms = persist.as_millis() as u64,
+            restore_ms = restore.as_millis() as u64,
             "raft snapshot installed"
         );
         Ok(())
@@ -352,6 +398,18 @@ impl RaftStateMachine<TypeConfig> for SmStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let store = self.snapshots.clone();
-        blocking(move || store.load()).await
+        let started = Instant::now();
+        let snapshot = blocking(move || store.load()).await?;
+        // Runs on the state-machine task (to send it to a peer, or to restore it at start), so
+        // its cost is a pause in applying: worth seeing.
+        if let Some(s) = &snapshot {
+            tracing::info!(
+                index = s.meta.last_log_id.map_or(0, |l| l.index),
+                size = s.snapshot.len(),
+                load_ms = started.elapsed().as_millis() as u64,
+                "raft snapshot read from disk"
+            );
+        }
+        Ok(snapshot)
     }
 }

@@ -88,8 +88,9 @@ impl fmt::Display for Proposals {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Replies(pub(crate) Vec<Blob>);
 
-/// The first byte of every persisted record and RPC payload. A reader refuses any other value, so
-/// a file or peer from an unknown version is rejected instead of misread.
+/// The first byte of every encoded record and RPC payload (a sealed record wraps an encoded one,
+/// see `at_rest`). A reader refuses any other value, so a file or peer from an unknown version
+/// is rejected instead of misread.
 pub(crate) const FORMAT_V1: u8 = 1;
 
 #[derive(Debug, thiserror::Error)]

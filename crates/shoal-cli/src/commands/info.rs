@@ -2,7 +2,7 @@
 //! `docker info` shows it, or as JSON.
 
 use serde::Serialize;
-use shoal_api::v1::{InfoResponse, LocalNodeState};
+use shoal_api::v1::{InfoResponse, LocalNodeState, RaftInfo};
 
 use super::Out;
 use crate::daemon::Daemon;
@@ -59,7 +59,8 @@ fn write_info(out: Out<'_>, info: &InfoResponse) -> std::io::Result<()> {
             lines.push(format!(" Error: {}", info.error));
         }
         lines.push(format!(" Is Manager: {}", info.is_manager));
-        if info.is_manager {
+        // A locked manager knows nothing of the cluster until it is unlocked.
+        if info.is_manager && state != LocalNodeState::Locked {
             lines.push(format!(" ClusterID: {}", info.cluster_id));
             lines.push(format!(" Managers: {}", info.managers));
             lines.push(format!(" Nodes: {}", info.nodes));
@@ -76,6 +77,7 @@ fn write_info(out: Out<'_>, info: &InfoResponse) -> std::io::Result<()> {
                 };
                 lines.push(format!("  Leader: {leader}"));
                 lines.push(format!("  Voters: {}", raft.voters));
+                lines.extend(compaction_lines(raft));
             }
         }
         if !info.node_addr.is_empty() {
@@ -94,6 +96,35 @@ fn write_info(out: Out<'_>, info: &InfoResponse) -> std::io::Result<()> {
     }
     // Plain lines, as `docker info` prints them: one space after the colon, no columns.
     lines.iter().try_for_each(|line| writeln!(out, "{line}"))
+}
+
+/// The compaction policy and where this manager's log stands: snapshot, first entry kept.
+fn compaction_lines(raft: &RaftInfo) -> Vec<String> {
+    let mut lines = vec![
+        format!("  Snapshot Interval: {}", raft.snapshot_interval),
+        format!(
+            "  Log Entries For Slow Followers: {}",
+            raft.log_entries_for_slow_followers
+        ),
+    ];
+    if raft.snapshot_index == 0 {
+        lines.push("  Snapshot Index: none".to_owned());
+    } else {
+        lines.push(format!("  Snapshot Index: {}", raft.snapshot_index));
+    }
+    lines.push(format!("  First Log Index: {}", raft.first_log_index));
+    if raft.snapshot_bytes > 0 {
+        let built = if raft.snapshot_build_ms > 0 {
+            format!(", built in {} ms", raft.snapshot_build_ms)
+        } else {
+            String::new()
+        };
+        lines.push(format!(
+            "  Snapshot Size: {}{built}",
+            bytes_size(raft.snapshot_bytes)
+        ));
+    }
+    lines
 }
 
 /// `info --format json`, with `docker info`'s key names where the fields are the same.
@@ -149,6 +180,12 @@ struct RaftView {
     #[serde(rename = "LeaderRaftID")]
     leader_raft_id: u64,
     voters: u32,
+    snapshot_interval: u64,
+    log_entries_for_slow_followers: u64,
+    snapshot_index: u64,
+    first_log_index: u64,
+    snapshot_bytes: u64,
+    snapshot_build_ms: u64,
 }
 
 impl InfoView {
@@ -166,7 +203,7 @@ impl InfoView {
                 node_id: info.node_id.clone(),
                 node_addr: info.node_addr.clone(),
                 local_node_state: state_name(info.state()),
-                control_available: info.is_manager,
+                control_available: info.is_manager && info.state() == LocalNodeState::Active,
                 error: info.error.clone(),
                 remote_managers: info
                     .remote_managers
@@ -183,6 +220,12 @@ impl InfoView {
                     last_applied: r.last_applied,
                     leader_raft_id: r.leader_raft_id,
                     voters: r.voters,
+                    snapshot_interval: r.snapshot_interval,
+                    log_entries_for_slow_followers: r.log_entries_for_slow_followers,
+                    snapshot_index: r.snapshot_index,
+                    first_log_index: r.first_log_index,
+                    snapshot_bytes: r.snapshot_bytes,
+                    snapshot_build_ms: r.snapshot_build_ms,
                 }),
                 cert_expiry: info.cert_expiry.as_ref().map(|t| rfc3339(Some(t))),
             },
@@ -193,7 +236,6 @@ impl InfoView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_api::v1::RaftInfo;
 
     fn manager_info() -> InfoResponse {
         let mut info = InfoResponse {
@@ -219,6 +261,12 @@ mod tests {
                 last_applied: 90,
                 leader_raft_id: 1,
                 voters: 2,
+                snapshot_interval: 10_000,
+                log_entries_for_slow_followers: 500,
+                snapshot_index: 80,
+                first_log_index: 31,
+                snapshot_bytes: 52_428_800,
+                snapshot_build_ms: 412,
             }),
             ..Default::default()
         };
@@ -258,6 +306,11 @@ Swarm: active
   Applied Index: 90
   Leader: 1 (this node)
   Voters: 2
+  Snapshot Interval: 10000
+  Log Entries For Slow Followers: 500
+  Snapshot Index: 80
+  First Log Index: 31
+  Snapshot Size: 50MiB, built in 412 ms
  Node Address: 10.0.0.1
  Manager Addresses:
   10.0.0.1:2377
@@ -277,6 +330,29 @@ Swarm: active
     }
 
     #[test]
+    fn a_locked_manager_shows_only_who_it_is() {
+        let mut info = InfoResponse {
+            node_id: "n1".into(),
+            cluster_id: "c1".into(),
+            is_manager: true,
+            node_addr: "10.0.0.1".into(),
+            ..Default::default()
+        };
+        info.set_state(LocalNodeState::Locked);
+        let text = render(&info);
+        assert!(
+            text.contains(
+                "Swarm: locked\n NodeID: n1\n Is Manager: true\n Node Address: 10.0.0.1\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("Managers:"), "{text}");
+        let v = serde_json::to_value(InfoView::new(&info)).unwrap();
+        assert_eq!(v["Swarm"]["LocalNodeState"], "locked");
+        assert_eq!(v["Swarm"]["ControlAvailable"], false);
+    }
+
+    #[test]
     fn json_view_keys() {
         let v = serde_json::to_value(InfoView::new(&manager_info())).unwrap();
         assert_eq!(v["NCPU"], 2);
@@ -286,6 +362,9 @@ Swarm: active
         assert_eq!(v["Swarm"]["ControlAvailable"], true);
         assert_eq!(v["Swarm"]["RemoteManagers"][0]["Addr"], "10.0.0.2:2377");
         assert_eq!(v["Swarm"]["Raft"]["LeaderRaftID"], 1);
+        assert_eq!(v["Swarm"]["Raft"]["SnapshotIndex"], 80);
+        assert_eq!(v["Swarm"]["Raft"]["FirstLogIndex"], 31);
+        assert_eq!(v["Swarm"]["Raft"]["SnapshotBytes"], 52_428_800);
         assert!(v["Swarm"].get("CertExpiry").is_none());
     }
 }

@@ -2,6 +2,7 @@
 //! handler. Handlers check every user input before connecting, then write to an injected
 //! writer so their output is testable.
 
+pub mod autolock;
 pub mod config;
 pub mod container;
 pub mod filesystem;
@@ -277,6 +278,9 @@ pub(crate) async fn run_to(
         Command::Login(args) => registry::login(global, args, io).await,
         Command::Logout(args) => registry::logout(args, io).await,
         Command::Volume(cmd) => volume::run(global, cmd, io).await,
+        Command::Swarm(swarm::SwarmCommand::Unlock(args)) => {
+            done(autolock::unlock(global, args, io).await)
+        }
         Command::Swarm(cmd) => done(swarm::run(global, cmd, io.out).await),
         Command::Node(cmd) => done(node::run(global, cmd, io.out).await),
         Command::Config(cmd) => done(config::run(global, cmd, io.out).await),

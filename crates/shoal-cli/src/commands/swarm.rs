@@ -1,4 +1,4 @@
-//! `commands/swarm.rs`: `shoal swarm init|join|join-token|leave|update` — this host's
+//! `commands/swarm.rs`: `shoal swarm init|join|join-token|leave|update|ca` — this host's
 //! membership and the cluster-wide settings, with Docker's messages and join instructions.
 
 use std::time::Duration;
@@ -23,6 +23,12 @@ pub enum SwarmCommand {
     Leave(LeaveArgs),
     /// Update the swarm
     Update(UpdateArgs),
+    /// Display the swarm's root CA certificate
+    Ca(CaArgs),
+    /// Unlock a locked manager
+    Unlock(super::autolock::UnlockArgs),
+    /// Manage the unlock key
+    UnlockKey(super::autolock::UnlockKeyArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -36,6 +42,9 @@ pub struct InitArgs {
     /// Force create a new cluster from current state
     #[arg(long)]
     force_new_cluster: bool,
+    /// Enable manager autolocking (requiring an unlock key to start a stopped manager)
+    #[arg(long)]
+    autolock: bool,
     #[command(flatten)]
     settings: ClusterSettings,
 }
@@ -49,11 +58,20 @@ struct ClusterSettings {
     /// Task history retention limit (negative keeps all)
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     task_history_limit: Option<i64>,
+    /// Number of log entries between Raft snapshots [default: 10000]
+    #[arg(long, value_name = "N", value_parser = parse::count_at_least_one)]
+    snapshot_interval: Option<u64>,
+    /// Number of log entries kept behind a snapshot for slow followers [default: 500]
+    #[arg(long, value_name = "N", value_parser = parse::count_at_least_one)]
+    log_entries_for_slow_followers: Option<u64>,
 }
 
 impl ClusterSettings {
     fn is_empty(&self) -> bool {
-        self.cert_expiry.is_none() && self.task_history_limit.is_none()
+        self.cert_expiry.is_none()
+            && self.task_history_limit.is_none()
+            && self.snapshot_interval.is_none()
+            && self.log_entries_for_slow_followers.is_none()
     }
 
     /// Writes the given settings into `spec`, leaving the rest as read.
@@ -65,6 +83,14 @@ impl ClusterSettings {
             spec.orchestration
                 .get_or_insert_default()
                 .task_history_retention_limit = limit;
+        }
+        if let Some(n) = self.snapshot_interval {
+            spec.raft.get_or_insert_default().snapshot_interval = n;
+        }
+        if let Some(n) = self.log_entries_for_slow_followers {
+            spec.raft
+                .get_or_insert_default()
+                .log_entries_for_slow_followers = n;
         }
     }
 }
@@ -122,9 +148,20 @@ pub struct LeaveArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct CaArgs {
+    /// Rotate the swarm's root CA (not supported yet)
+    #[arg(long)]
+    rotate: bool,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct UpdateArgs {
     #[command(flatten)]
     settings: ClusterSettings,
+    /// Change manager autolocking setting (true|false)
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    autolock: Option<bool>,
 }
 
 pub(crate) async fn run(
@@ -136,6 +173,9 @@ pub(crate) async fn run(
         SwarmCommand::Init(args) => init(global, args, out).await,
         SwarmCommand::Join(args) => join(global, args, out).await,
         SwarmCommand::JoinToken(args) => join_token(global, args, out).await,
+        SwarmCommand::Ca(args) => ca(global, args, out).await,
+        SwarmCommand::UnlockKey(args) => super::autolock::unlock_key(global, args, out).await,
+        SwarmCommand::Unlock(_) => unreachable!("swarm unlock is run with its standard input"),
         SwarmCommand::Leave(args) => {
             let mut daemon = Daemon::connect(&global.host).await?;
             daemon.leave(args.force).await?;
@@ -146,7 +186,14 @@ pub(crate) async fn run(
             let mut daemon = Daemon::connect(&global.host).await?;
             let cluster = daemon.get_cluster().await?;
             let mut spec = cluster.spec.unwrap_or_default();
+            let was_autolocked = spec
+                .encryption
+                .as_ref()
+                .is_some_and(|e| e.auto_lock_managers);
             args.settings.apply(&mut spec);
+            if let Some(autolock) = args.autolock {
+                spec.encryption.get_or_insert_default().auto_lock_managers = autolock;
+            }
             daemon
                 .update_cluster(v1::UpdateClusterRequest {
                     cluster_id: cluster.id,
@@ -156,6 +203,10 @@ pub(crate) async fn run(
                 })
                 .await?;
             writeln!(out, "Swarm updated.")?;
+            if args.autolock == Some(true) && !was_autolocked {
+                let key = daemon.get_unlock_key().await?;
+                write!(out, "{}", super::autolock::unlock_notice(&key))?;
+            }
             Ok(())
         }
     }
@@ -163,9 +214,14 @@ pub(crate) async fn run(
 
 async fn init(global: &GlobalArgs, args: InitArgs, out: Out<'_>) -> Result<(), CliError> {
     // No flags, no spec: the daemon's defaults apply, not zeroes.
-    let spec = (!args.settings.is_empty()).then(|| {
+    let spec = (!args.settings.is_empty() || args.autolock).then(|| {
         let mut spec = ClusterSpec::default();
         args.settings.apply(&mut spec);
+        if args.autolock {
+            spec.encryption = Some(v1::EncryptionSettings {
+                auto_lock_managers: true,
+            });
+        }
         spec
     });
     let mut daemon = Daemon::connect(&global.host).await?;
@@ -194,6 +250,10 @@ async fn init(global: &GlobalArgs, args: InitArgs, out: Out<'_>) -> Result<(), C
         out,
         "To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.\n\n"
     )?;
+    if args.autolock {
+        let key = daemon.get_unlock_key().await?;
+        write!(out, "{}", super::autolock::unlock_notice(&key))?;
+    }
     Ok(())
 }
 
@@ -251,8 +311,38 @@ async fn join_token(
     Ok(())
 }
 
+/// Prints the root CA certificate as the cluster object holds it (the control API never
+/// returns its key).
+async fn ca(global: &GlobalArgs, args: CaArgs, out: Out<'_>) -> Result<(), CliError> {
+    if args.rotate {
+        return Err(CliError::usage(
+            "rotating the root CA is not supported yet: the swarm keeps its current root",
+        ));
+    }
+    let mut daemon = Daemon::connect(&global.host).await?;
+    let info = daemon.info().await?;
+    require_manager(&info)?;
+    let cluster = daemon.get_cluster().await?;
+    let pem = cluster
+        .root_ca
+        .as_ref()
+        .map(|ca| String::from_utf8_lossy(&ca.ca_cert).into_owned())
+        .filter(|pem| pem.contains("-----BEGIN CERTIFICATE-----"))
+        .ok_or(CliError::Protocol("the cluster has no root CA certificate"))?;
+    write!(out, "{pem}")?;
+    if !pem.ends_with('\n') {
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
 /// Refuses, with a hint, on hosts that cannot hand out tokens.
-fn require_manager(info: &v1::InfoResponse) -> Result<(), CliError> {
+pub(crate) fn require_manager(info: &v1::InfoResponse) -> Result<(), CliError> {
+    if info.state() == LocalNodeState::Locked {
+        return Err(CliError::usage(
+            "this manager is locked: run shoal swarm unlock",
+        ));
+    }
     if info.state() != LocalNodeState::Active {
         return Err(CliError::usage(
             "this node is not part of a swarm: run 'shoal swarm init' or 'shoal swarm join' first",
@@ -337,11 +427,44 @@ mod tests {
         let settings = ClusterSettings {
             cert_expiry: Some(Duration::from_secs(90 * 86400)),
             task_history_limit: None,
+            snapshot_interval: None,
+            log_entries_for_slow_followers: None,
         };
         assert!(!settings.is_empty());
         settings.apply(&mut spec);
         assert_eq!(spec.ca.unwrap().node_cert_expiry_secs, 90 * 86400);
         assert_eq!(spec.orchestration.unwrap().task_history_retention_limit, 5);
+        assert!(spec.raft.is_none());
+    }
+
+    #[test]
+    fn raft_settings_keep_the_other_raft_fields() {
+        let mut spec = ClusterSpec {
+            raft: Some(v1::RaftSettings {
+                snapshot_interval: 10_000,
+                log_entries_for_slow_followers: 500,
+                heartbeat_interval_ms: 100,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let settings = ClusterSettings {
+            cert_expiry: None,
+            task_history_limit: None,
+            snapshot_interval: Some(50),
+            log_entries_for_slow_followers: None,
+        };
+        assert!(!settings.is_empty());
+        settings.apply(&mut spec);
+        let raft = spec.raft.unwrap();
+        assert_eq!(
+            (
+                raft.snapshot_interval,
+                raft.log_entries_for_slow_followers,
+                raft.heartbeat_interval_ms
+            ),
+            (50, 500, 100)
+        );
     }
 
     #[test]

@@ -491,3 +491,28 @@ fn renewal_time_is_within_50_to_80_percent() {
     let t = renewal_time(nb, nb + Duration::from_secs(100), &mut rand::rng());
     assert!(t >= nb + Duration::from_secs(50) && t <= nb + Duration::from_secs(80));
 }
+
+#[test]
+fn signing_between_chosen_dates_keeps_the_policy_on_names_only() {
+    let root = RootCa::generate().unwrap();
+    let key = shoal_pki::NodeKey::generate().unwrap();
+    let csr = key.csr_pem().unwrap();
+    let nb = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let na = nb + Duration::from_secs(60);
+    let issued = root
+        .sign_node_valid_between(&csr, &request(NODE_ID, Role::Worker), nb, na)
+        .unwrap();
+    assert_eq!((issued.not_before, issued.not_after), (nb, na));
+    let identity = shoal_pki::NodeIdentity::from_pem(&issued.cert_pem).unwrap();
+    assert_eq!((identity.not_before, identity.not_after), (nb, na));
+    assert!(root.verifies(&issued.cert_pem));
+    // Backwards dates and bad names are still refused.
+    assert!(
+        root.sign_node_valid_between(&csr, &request(NODE_ID, Role::Worker), na, nb)
+            .is_err()
+    );
+    assert!(
+        root.sign_node_valid_between(&csr, &request("", Role::Worker), nb, na)
+            .is_err()
+    );
+}

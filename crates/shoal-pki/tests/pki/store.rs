@@ -5,7 +5,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use shoal_pki::{
-    CERT_FILE, FileKind, KEY_FILE, NodeCertificates, NodeKey, PkiError, ROOT_CA_FILE, Role, RootCa,
+    CERT_FILE, DataKey, FileKind, KEY_FILE, KeyProtection, NodeCertificates, NodeKey, PkiError,
+    ROOT_CA_FILE, Role, RootCa, UnlockKey,
 };
 
 use crate::util::{NODE_ID, node};
@@ -18,7 +19,9 @@ fn saved() -> (tempfile::TempDir, std::path::PathBuf, RootCa) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("state").join("certificates");
     let root = RootCa::generate().unwrap();
-    node(&root, NODE_ID, Role::Manager).save(&dir).unwrap();
+    node(&root, NODE_ID, Role::Manager)
+        .save(&dir, &KeyProtection::default())
+        .unwrap();
     (tmp, dir, root)
 }
 
@@ -28,7 +31,7 @@ fn save_load_round_trip_with_modes() {
     let dir = tmp.path().join("state").join("certificates");
     let root = RootCa::generate().unwrap();
     let certs = node(&root, NODE_ID, Role::Manager);
-    certs.save(&dir).unwrap();
+    certs.save(&dir, &KeyProtection::default()).unwrap();
 
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&dir.join(KEY_FILE)), 0o600);
@@ -51,7 +54,7 @@ fn save_load_round_trip_with_modes() {
 
     // Saving again (renewal with a new key) replaces everything atomically.
     let renewed = node(&root, NODE_ID, Role::Worker);
-    renewed.save(&dir).unwrap();
+    renewed.save(&dir, &KeyProtection::default()).unwrap();
     let loaded = NodeCertificates::load(&dir).unwrap();
     assert_eq!(loaded.cert_pem, renewed.cert_pem);
     assert_eq!(loaded.identity().unwrap().role, Role::Worker);
@@ -195,7 +198,10 @@ fn save_refuses_an_inconsistent_set_and_leaves_disk_alone() {
     let before = fs::read_to_string(dir.join(CERT_FILE)).unwrap();
     let mut bad = node(&root, NODE_ID, Role::Worker);
     bad.key = NodeKey::generate().unwrap();
-    assert!(matches!(bad.save(&dir).unwrap_err(), PkiError::KeyMismatch));
+    assert!(matches!(
+        bad.save(&dir, &KeyProtection::default()).unwrap_err(),
+        PkiError::KeyMismatch
+    ));
     let foreign = node(&RootCa::generate().unwrap(), NODE_ID, Role::Worker);
     let mixed = NodeCertificates {
         key: foreign.key,
@@ -203,7 +209,7 @@ fn save_refuses_an_inconsistent_set_and_leaves_disk_alone() {
         root_ca_pem: root.cert_pem().to_owned(),
     };
     assert!(matches!(
-        mixed.save(&dir).unwrap_err(),
+        mixed.save(&dir, &KeyProtection::default()).unwrap_err(),
         PkiError::NotIssuedByRoot(_)
     ));
     assert_eq!(fs::read_to_string(dir.join(CERT_FILE)).unwrap(), before);
@@ -216,4 +222,194 @@ fn loose_key_permissions_still_load() {
     let (_tmp, dir, _root) = saved();
     fs::set_permissions(dir.join(KEY_FILE), fs::Permissions::from_mode(0o644)).unwrap();
     NodeCertificates::load(&dir).unwrap();
+}
+
+fn protection(unlock_key: Option<UnlockKey>) -> KeyProtection {
+    KeyProtection {
+        data_keys: vec![DataKey::generate(1).unwrap(), DataKey::generate(2).unwrap()],
+        unlock_key,
+        key_version: 17,
+    }
+}
+
+fn key_ids(protection: &KeyProtection) -> Vec<(u32, [u8; 32])> {
+    protection
+        .data_keys
+        .iter()
+        .map(|k| (k.id(), *k.bytes()))
+        .collect()
+}
+
+#[test]
+fn data_keys_ride_with_the_key_in_clear() {
+    let (_tmp, dir, root) = saved();
+    let certs = node(&root, NODE_ID, Role::Manager);
+    let kept = protection(None);
+    certs.save(&dir, &kept).unwrap();
+    assert!(!NodeCertificates::is_sealed(&dir).unwrap());
+    let text = fs::read_to_string(dir.join(KEY_FILE)).unwrap();
+    assert!(text.starts_with("-----BEGIN PRIVATE KEY-----"), "{text}");
+    assert_eq!(
+        text.matches("-----BEGIN SHOAL RAFT DATA KEY-----").count(),
+        2
+    );
+
+    let (loaded, found) = NodeCertificates::load_protected(&dir, None).unwrap();
+    assert_eq!(loaded.key.to_pem(), certs.key.to_pem());
+    assert_eq!(key_ids(&found), key_ids(&kept));
+    assert_eq!(found.key_version, 17);
+    assert!(found.unlock_key.is_none());
+    // The plain loader still reads the key; an unlock key given for a clear file changes nothing.
+    NodeCertificates::load(&dir).unwrap();
+    let (_, found) =
+        NodeCertificates::load_protected(&dir, Some(&UnlockKey::generate().unwrap())).unwrap();
+    assert!(found.unlock_key.is_none());
+    assert_eq!(found.next_data_key_id(), 3);
+}
+
+#[test]
+fn a_sealed_key_file_needs_its_unlock_key() {
+    let (_tmp, dir, root) = saved();
+    let certs = node(&root, NODE_ID, Role::Manager);
+    let unlock = UnlockKey::generate().unwrap();
+    let kept = protection(Some(unlock.clone()));
+    certs.save(&dir, &kept).unwrap();
+    assert!(NodeCertificates::is_sealed(&dir).unwrap());
+    let sealed = fs::read(dir.join(KEY_FILE)).unwrap();
+    let text = String::from_utf8(sealed.clone()).unwrap();
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+    assert!(!text.contains("RAFT DATA KEY"), "{text}");
+    // Neither the private key nor a data key appears, in any encoding we write.
+    let pem_line = {
+        let pem = certs.key.to_pem();
+        pem.lines().nth(1).unwrap().to_owned()
+    };
+    assert!(!text.contains(&pem_line));
+    for (_, key) in key_ids(&kept) {
+        assert!(!text.to_lowercase().contains(&hex_of(&key)));
+    }
+
+    let err = NodeCertificates::load(&dir).unwrap_err();
+    assert!(matches!(err, PkiError::KeySealed { .. }), "{err}");
+    assert!(
+        err.to_string().contains("needs the swarm's unlock key"),
+        "{err}"
+    );
+    let other = UnlockKey::generate().unwrap();
+    let err = NodeCertificates::load_protected(&dir, Some(&other)).unwrap_err();
+    assert!(matches!(err, PkiError::WrongUnlockKey { .. }), "{err}");
+    assert!(!err.to_string().contains('\n'));
+    // Refusals leave the file as it was.
+    assert_eq!(fs::read(dir.join(KEY_FILE)).unwrap(), sealed);
+
+    let (loaded, found) = NodeCertificates::load_protected(&dir, Some(&unlock)).unwrap();
+    assert_eq!(loaded.key.to_pem(), certs.key.to_pem());
+    assert_eq!(key_ids(&found), key_ids(&kept));
+    assert_eq!(found.key_version, 17);
+    assert_eq!(found.unlock_key.as_ref(), Some(&unlock));
+
+    // Re-sealing under a new key (rotation), then opening it up again (autolock off).
+    let rotated = UnlockKey::generate().unwrap();
+    let mut next = found.clone();
+    next.unlock_key = Some(rotated.clone());
+    loaded.save(&dir, &next).unwrap();
+    assert!(matches!(
+        NodeCertificates::load_protected(&dir, Some(&unlock)).unwrap_err(),
+        PkiError::WrongUnlockKey { .. }
+    ));
+    let (loaded, found) = NodeCertificates::load_protected(&dir, Some(&rotated)).unwrap();
+    next = found;
+    next.unlock_key = None;
+    loaded.save(&dir, &next).unwrap();
+    assert!(!NodeCertificates::is_sealed(&dir).unwrap());
+    let (_, found) = NodeCertificates::load_protected(&dir, None).unwrap();
+    assert_eq!(key_ids(&found), key_ids(&kept));
+    assert_eq!(found.key_version, 17);
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn damaged_key_files_are_refused_not_misread() {
+    let (_tmp, dir, root) = saved();
+    let certs = node(&root, NODE_ID, Role::Manager);
+    certs.save(&dir, &protection(None)).unwrap();
+    let clear = fs::read_to_string(dir.join(KEY_FILE)).unwrap();
+    let key_pem = certs.key.to_pem();
+    let data_block = &clear[key_pem.len()..];
+    let first_data_block = data_block
+        .split_inclusive("-----END SHOAL RAFT DATA KEY-----\n")
+        .next()
+        .unwrap()
+        .to_owned();
+    let cases = [
+        ("two private keys", format!("{key_pem}{key_pem}")),
+        (
+            "an unknown block",
+            format!("{key_pem}-----BEGIN OTHER-----\nab\n-----END OTHER-----\n"),
+        ),
+        (
+            "an unterminated block",
+            format!("{key_pem}-----BEGIN SHOAL RAFT DATA KEY-----\nab\n"),
+        ),
+        ("text outside blocks", format!("junk\n{clear}")),
+        (
+            "a duplicate data key id",
+            format!("{clear}{first_data_block}"),
+        ),
+        (
+            "a data key that is not hex",
+            format!(
+                "{key_pem}-----BEGIN SHOAL RAFT DATA KEY-----\nzz\n-----END SHOAL RAFT DATA KEY-----\n"
+            ),
+        ),
+        (
+            "a short data key",
+            format!(
+                "{key_pem}-----BEGIN SHOAL RAFT DATA KEY-----\n0001\n-----END SHOAL RAFT DATA KEY-----\n"
+            ),
+        ),
+        ("no private key", data_block.to_owned()),
+        (
+            "a short key version",
+            format!(
+                "{clear}-----BEGIN SHOAL KEY VERSION-----\n01\n-----END SHOAL KEY VERSION-----\n"
+            ),
+        ),
+        (
+            "a sealed block beside a key",
+            format!(
+                "{key_pem}-----BEGIN SHOAL SEALED NODE KEY-----\n01\n-----END SHOAL SEALED NODE KEY-----\n"
+            ),
+        ),
+    ];
+    for (what, text) in cases {
+        fs::write(dir.join(KEY_FILE), &text).unwrap();
+        let err = NodeCertificates::load_protected(&dir, None).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PkiError::FileCorrupt {
+                    kind: FileKind::Key,
+                    ..
+                }
+            ),
+            "{what}: {err}"
+        );
+        assert!(!err.to_string().contains('\n'), "{what}: {err}");
+    }
+
+    // A sealed file with one bit flipped does not open: damage and a wrong key look alike to
+    // authenticated encryption, and either way nothing is read from it.
+    let unlock = UnlockKey::generate().unwrap();
+    certs.save(&dir, &protection(Some(unlock.clone()))).unwrap();
+    let sealed = fs::read_to_string(dir.join(KEY_FILE)).unwrap();
+    let at = sealed.find("-----\n").unwrap() + 40;
+    let mut damaged = sealed.into_bytes();
+    damaged[at] = if damaged[at] == b'0' { b'1' } else { b'0' };
+    fs::write(dir.join(KEY_FILE), &damaged).unwrap();
+    let err = NodeCertificates::load_protected(&dir, Some(&unlock)).unwrap_err();
+    assert!(matches!(err, PkiError::WrongUnlockKey { .. }), "{err}");
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
 use rustls_pki_types::ServerName;
 use shoal_pki::{
-    JoinToken, NodeCertificates, NodeIdentity, NodeKey, Role, RootCa, anonymous_client_config,
-    client_config, insecure_bootstrap_client_config, server_config,
+    IdentitySlot, JoinToken, NodeCertificates, NodeIdentity, NodeKey, Role, RootCa,
+    anonymous_client_config, client_config, insecure_bootstrap_client_config, server_config,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -215,4 +215,164 @@ async fn bootstrap_client_accepts_any_server_then_pins() {
         // What the server would hand out as "the root CA" is only trusted after the pin.
         assert_eq!(token.pins(certs.root_ca_pem.as_bytes()).is_ok(), pinned);
     }
+}
+
+#[tokio::test]
+async fn expired_client_certificate_of_the_right_root_is_refused() {
+    use std::time::{Duration, SystemTime};
+    let root = RootCa::generate().unwrap();
+    let key = NodeKey::generate().unwrap();
+    let now = SystemTime::now();
+    let issued = root
+        .sign_node_valid_between(
+            &key.csr_pem().unwrap(),
+            &crate::util::request(CLIENT_ID, Role::Manager),
+            now - Duration::from_secs(7200),
+            now - Duration::from_secs(60),
+        )
+        .unwrap();
+    let expired = NodeCertificates {
+        key,
+        cert_pem: issued.cert_pem,
+        root_ca_pem: root.cert_pem().to_owned(),
+    };
+    // Issued by the root and consistent: only its dates are wrong.
+    expired.validate().unwrap();
+    let out = exchange(
+        manager_server(&root),
+        client_config(&expired).unwrap(),
+        Role::Manager.dns_name(),
+    )
+    .await;
+    let err = out.server.unwrap_err();
+    assert!(err.contains("certificate expired"), "{err}");
+    assert!(out.client.is_err());
+}
+
+/// A server that answers "pong" to every "ping" on every connection, and reports the client
+/// identity each connection proved.
+async fn echo_server(
+    config: rustls::ServerConfig,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Option<NodeIdentity>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let identity = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|der| NodeIdentity::from_der(der).unwrap());
+                let _ = tx.send(identity);
+                let mut buf = [0u8; 4];
+                while tls.read_exact(&mut buf).await.is_ok() {
+                    if tls.write_all(b"pong").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+async fn dial(
+    addr: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> (
+    tokio_rustls::client::TlsStream<TcpStream>,
+    Option<NodeIdentity>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from(Role::Manager.dns_name()).unwrap();
+    let tls = TlsConnector::from(config).connect(name, tcp).await.unwrap();
+    let server = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|der| NodeIdentity::from_der(der).unwrap());
+    (tls, server)
+}
+
+async fn ping(tls: &mut tokio_rustls::client::TlsStream<TcpStream>) {
+    tls.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tls.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"pong");
+}
+
+#[tokio::test]
+async fn a_swapped_identity_is_used_from_the_next_handshake_and_open_connections_go_on() {
+    let root = RootCa::generate().unwrap();
+    let server_slot = IdentitySlot::new(&node(&root, NODE_ID, Role::Manager)).unwrap();
+    let client_slot = IdentitySlot::new(&node(&root, CLIENT_ID, Role::Worker)).unwrap();
+    let (addr, mut seen) = echo_server(server_slot.server_config().unwrap()).await;
+    // One configuration, built once, as the daemon's long-lived users hold it.
+    let client = Arc::new(client_slot.client_config().unwrap());
+
+    let (mut before, server_before) = dial(addr, client.clone()).await;
+    ping(&mut before).await;
+    let first = seen.recv().await.unwrap().unwrap();
+    assert_eq!(
+        (first.node_id.as_str(), first.role),
+        (CLIENT_ID, Role::Worker)
+    );
+
+    // Both ends renew: the client is promoted, the server gets a fresh key.
+    let promoted = node(&root, CLIENT_ID, Role::Manager);
+    let promoted_serial = promoted.identity().unwrap().serial_hex;
+    client_slot.replace(&promoted).unwrap();
+    let renewed_server = node(&root, NODE_ID, Role::Manager);
+    let renewed_server_serial = renewed_server.identity().unwrap().serial_hex;
+    server_slot.replace(&renewed_server).unwrap();
+    assert_eq!(client_slot.identity().role, Role::Manager);
+
+    // The connection made before the swap keeps working, with the identity it proved.
+    ping(&mut before).await;
+    ping(&mut before).await;
+
+    // A new connection with the same configuration proves the new identities, both ways.
+    let (mut after, server_after) = dial(addr, client.clone()).await;
+    ping(&mut after).await;
+    let second = seen.recv().await.unwrap().unwrap();
+    assert_eq!(second.role, Role::Manager);
+    assert_eq!(second.serial_hex, promoted_serial);
+    assert_ne!(second.serial_hex, first.serial_hex);
+    assert_eq!(server_after.unwrap().serial_hex, renewed_server_serial);
+    assert_ne!(server_before.unwrap().serial_hex, renewed_server_serial);
+    ping(&mut before).await;
+}
+
+#[test]
+fn a_slot_only_takes_certificates_of_the_same_node_and_root() {
+    let root = RootCa::generate().unwrap();
+    let slot = IdentitySlot::new(&node(&root, NODE_ID, Role::Worker)).unwrap();
+    let err = slot
+        .replace(&node(&root, CLIENT_ID, Role::Worker))
+        .unwrap_err();
+    assert!(err.to_string().contains("not this node"), "{err}");
+    let other = RootCa::generate().unwrap();
+    let err = slot
+        .replace(&node(&other, NODE_ID, Role::Worker))
+        .unwrap_err();
+    assert!(err.to_string().contains("another root ca"), "{err}");
+    // A certificate that does not belong to its key is refused before anything changes.
+    let mut mismatched = node(&root, NODE_ID, Role::Manager);
+    mismatched.key = NodeKey::generate().unwrap();
+    assert!(slot.replace(&mismatched).is_err());
+    assert_eq!(slot.identity().role, Role::Worker);
 }

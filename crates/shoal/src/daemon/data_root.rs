@@ -4,7 +4,8 @@
 //! ```text
 //! <data-root>/lock                       held (flock) by the running daemon
 //! <data-root>/swarm/state.json           this node's membership; its `format` is checked at start
-//! <data-root>/swarm/certificates/        node key (0600), node certificate, root CA certificate
+//! <data-root>/swarm/certificates/        node key (0600; sealed under autolock), node
+//!                                        certificate, root CA certificate
 //! <data-root>/swarm/raft/                replicated log and snapshots (managers only)
 //! ```
 
@@ -17,6 +18,8 @@ use anyhow::{Context, bail};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use super::autolock::Vault;
+
 /// Format of `swarm/state.json` this build reads and writes.
 pub(crate) const STATE_FORMAT: u32 = 1;
 
@@ -24,6 +27,8 @@ pub(crate) const STATE_FORMAT: u32 = 1;
 pub(crate) struct DataRoot {
     root: PathBuf,
     _lock: Flock<File>,
+    /// The only writer of the node's identity files (see `autolock`).
+    vault: std::sync::Arc<Vault>,
 }
 
 /// What this node is in its swarm; written when it enters one, removed when it leaves.
@@ -69,6 +74,7 @@ impl DataRoot {
         Ok(DataRoot {
             root: root.to_owned(),
             _lock: lock,
+            vault: std::sync::Arc::new(Vault::new(root.join("swarm").join("certificates"))),
         })
     }
 
@@ -80,8 +86,10 @@ impl DataRoot {
         self.root.join("swarm")
     }
 
-    pub(crate) fn certificates_dir(&self) -> PathBuf {
-        self.swarm_dir().join("certificates")
+    /// The node's identity files and their protection: load, save and re-seal them here, never
+    /// with `NodeCertificates::save`/`load` directly.
+    pub(crate) fn vault(&self) -> &std::sync::Arc<Vault> {
+        &self.vault
     }
 
     pub(crate) fn raft_dir(&self) -> PathBuf {
@@ -146,6 +154,7 @@ impl DataRoot {
 
     /// Deletes everything this node kept about its swarm.
     pub(crate) fn remove_swarm(&self) -> anyhow::Result<()> {
+        self.vault.reset();
         let dir = self.swarm_dir();
         match fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),

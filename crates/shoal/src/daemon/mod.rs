@@ -1,6 +1,7 @@
 //! `shoal daemon`: opens the data root, resumes this host's role, and serves the local API on
 //! a unix socket until SIGTERM or SIGINT.
 
+mod autolock;
 mod cluster;
 mod data_root;
 mod host;
@@ -8,7 +9,6 @@ mod socket;
 mod swarm;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use shoal_manager::control::{ControlApi, ManagerSlot};
@@ -186,17 +186,15 @@ pub(crate) async fn run(args: DaemonArgs, host: &str) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create exec root {}", args.exec_root.display()))?;
     let data_root = data_root::DataRoot::open(&args.data_root)?;
     let slot = ManagerSlot::default();
-    let membership = Arc::new(
-        swarm::Membership::start(
-            data_root,
-            args.exec_root.clone(),
-            swarm::ManagerOptions {
-                group_commit: args.raft_group_commit,
-            },
-            slot.clone(),
-        )
-        .await?,
-    );
+    let membership = swarm::Membership::start(
+        data_root,
+        args.exec_root.clone(),
+        swarm::ManagerOptions {
+            group_commit: args.raft_group_commit,
+        },
+        slot.clone(),
+    )
+    .await?;
     let engine = shoal_engine::Engine::open(engine_config(&args)?)
         .await
         .context("cannot start the container engine")?;

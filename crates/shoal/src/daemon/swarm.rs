@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -18,14 +18,16 @@ use shoal_api::v1::{
     ClusterSpec, GetRootCaCertificateRequest, HeartbeatRequest, InfoRequest, InfoResponse,
     InitRequest, InitResponse, IssueNodeCertificateRequest, JoinRequest, JoinResponse,
     LeaveRequest, LeaveResponse, LocalNodeState, Node, NodeRole, RaftInfo, RaftJoinRequest,
-    RaftLeaveRequest,
+    RaftLeaveRequest, UnlockRequest, UnlockResponse,
 };
 use shoal_api::{id, object::Object};
 use shoal_manager::bootstrap::{Bootstrap, default_cluster_spec};
 use shoal_manager::control::ManagerSlot;
 use shoal_manager::state_machine::StoreStateMachine;
 use shoal_manager::{Dialer, Manager, ManagerError};
-use shoal_pki::{JoinToken, NodeCertRequest, NodeCertificates, NodeKey, Role, RootCa};
+use shoal_pki::{
+    IdentitySlot, JoinToken, NodeCertRequest, NodeCertificates, NodeKey, Role, RootCa,
+};
 use shoal_raft::{GrpcNetwork, RaftConfig, ReplicatedLog};
 use shoal_store::Store;
 use tokio::net::TcpListener;
@@ -33,9 +35,13 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
 
+use super::autolock;
 use super::cluster;
 use super::data_root::{DataRoot, STATE_FORMAT, SwarmState};
 use super::host;
+
+mod renewal;
+mod role_change;
 
 /// The manager listener's port when the user names none.
 pub(crate) const DEFAULT_PORT: u16 = 2377;
@@ -54,18 +60,22 @@ pub(crate) struct ManagerOptions {
     pub(crate) group_commit: bool,
 }
 
-/// The TLS configurations made from this node's certificates.
+/// The TLS configurations made from this node's certificates. Both present whatever
+/// `identity` holds at each handshake, so a renewal reaches every user of them.
 #[derive(Clone)]
 struct Tls {
+    identity: Arc<IdentitySlot>,
     client: Arc<ClientConfig>,
     server: Arc<ServerConfig>,
 }
 
 impl Tls {
     fn new(certs: &NodeCertificates) -> anyhow::Result<Tls> {
+        let identity = IdentitySlot::new(certs)?;
         Ok(Tls {
-            client: Arc::new(shoal_pki::client_config(certs)?),
-            server: Arc::new(shoal_pki::server_config(certs)?),
+            client: Arc::new(identity.client_config()?),
+            server: Arc::new(identity.server_config()?),
+            identity,
         })
     }
 
@@ -80,20 +90,26 @@ struct Active {
     state: SwarmState,
     manager: Option<Arc<Manager>>,
     listener: Option<cluster::Listener>,
+    /// The manager's own loops.
     tasks: Vec<JoinHandle<()>>,
+    /// What every node runs, kept across role changes: heartbeats and certificate renewal.
+    node_tasks: Vec<JoinHandle<()>>,
 }
 
 impl Active {
     /// Stops everything this membership runs, leaving its state on disk.
     async fn stop(mut self) {
-        for task in self.tasks.drain(..) {
+        for task in self.tasks.drain(..).chain(self.node_tasks.drain(..)) {
             task.abort();
+        }
+        // The log first: requests waiting on a commit then fail at once with "shutting down",
+        // instead of holding the listener's graceful stop until its deadline (a manager without
+        // quorum would otherwise take seconds to stop).
+        if let Some(manager) = self.manager.take() {
+            manager.log().shutdown().await;
         }
         if let Some(listener) = self.listener.take() {
             listener.stop().await;
-        }
-        if let Some(manager) = self.manager.take() {
-            manager.log().shutdown().await;
         }
     }
 }
@@ -101,6 +117,8 @@ impl Active {
 /// Everything the local Swarm service changes; one lock so that init, join and leave never
 /// interleave.
 pub(crate) struct Membership {
+    /// Handed to the renewal agent, which changes this membership when the node's role does.
+    me: Weak<Membership>,
     data_root: DataRoot,
     exec_root: std::path::PathBuf,
     options: ManagerOptions,
@@ -123,23 +141,28 @@ impl Membership {
         exec_root: std::path::PathBuf,
         options: ManagerOptions,
         slot: ManagerSlot,
-    ) -> anyhow::Result<Membership> {
+    ) -> anyhow::Result<Arc<Membership>> {
         let state = data_root
             .load_state()
             .with_context(|| unusable(&data_root))?;
-        let membership = Membership {
+        let membership = Arc::new_cyclic(|me| Membership {
+            me: me.clone(),
             data_root,
             exec_root,
             options,
             slot,
             active: Mutex::new(None),
-        };
+        });
         if let Some(state) = state {
-            let active = membership
-                .resume(state)
-                .await
-                .with_context(|| unusable(&membership.data_root))?;
-            *membership.active.lock().await = Some(active);
+            // Held while resuming: the renewal agent started inside must find the membership
+            // in place, not an empty one it would take for "left the swarm".
+            let mut active = membership.active.lock().await;
+            *active = Some(
+                membership
+                    .resume(state)
+                    .await
+                    .with_context(|| unusable(&membership.data_root))?,
+            );
         }
         Ok(membership)
     }
@@ -147,8 +170,12 @@ impl Membership {
     async fn resume(&self, state: SwarmState) -> anyhow::Result<Active> {
         // Loading checks the key, certificate and root belong together; a damaged set stops
         // the start here rather than at the first peer connection.
-        let certs = NodeCertificates::load(&self.data_root.certificates_dir())?;
+        let certs = match self.data_root.vault().load()? {
+            autolock::Loaded::Open(certs) => *certs,
+            autolock::Loaded::Locked => return Ok(self.start_locked(state)),
+        };
         let tls = Tls::new(&certs)?;
+        let state = role_change::settle_on_start(&self.data_root, state, &certs.identity()?)?;
         if state.role != "manager" {
             tracing::info!(node_id = %state.node_id, cluster_id = %state.cluster_id, "worker resumed");
             return Ok(self.start_worker(state, &tls));
@@ -185,6 +212,9 @@ impl Membership {
         store: &Store,
         tls: &Tls,
     ) -> anyhow::Result<Arc<ReplicatedLog>> {
+        self.data_root
+            .vault()
+            .ensure_data_key(&self.data_root.raft_dir())?;
         let dialer = tls.dialer();
         let network = GrpcNetwork::new(move |addr| dialer(addr));
         let log = ReplicatedLog::open(
@@ -209,8 +239,8 @@ impl Membership {
         )
     }
 
-    /// Puts `manager` in service: the slot (local control API), the cluster listener (now on
-    /// `tcp`, or retried in the background on `listen`), the liveness loop and the heartbeat.
+    /// Puts `manager` in service (see [`Membership::serve_manager`]) and starts the node's
+    /// heartbeat and certificate renewal.
     fn start_manager(
         &self,
         state: SwarmState,
@@ -219,11 +249,40 @@ impl Membership {
         tcp: Option<TcpListener>,
         listen: Option<SocketAddr>,
     ) -> Active {
+        let (listener, tasks) = self.serve_manager(manager.clone(), tls, tcp, listen);
+        let mut managers = vec![state.advertise_addr.clone()];
+        managers.extend(state.managers.iter().cloned());
+        let node_tasks = self.start_node_tasks(tls, managers);
+        Active {
+            state,
+            manager: Some(manager),
+            listener,
+            tasks,
+            node_tasks,
+        }
+    }
+
+    /// The manager's part: the slot (local control API), the cluster listener (now on `tcp`,
+    /// or retried in the background on `listen`) and the manager's loops.
+    fn serve_manager(
+        &self,
+        manager: Arc<Manager>,
+        tls: &Tls,
+        tcp: Option<TcpListener>,
+        listen: Option<SocketAddr>,
+    ) -> (Option<cluster::Listener>, Vec<JoinHandle<()>>) {
         self.slot.set_worker(false);
         self.slot.set(Some(manager.clone()));
-        let mut tasks = vec![tokio::spawn(shoal_manager::dispatcher::run_liveness(
-            manager.clone(),
-        ))];
+        let mut tasks = vec![
+            tokio::spawn(shoal_manager::dispatcher::run_liveness(manager.clone())),
+            tokio::spawn(shoal_manager::compaction::follow_raft_settings(
+                manager.clone(),
+            )),
+            tokio::spawn(autolock::follow_unlock_key(
+                manager.clone(),
+                self.data_root.vault().clone(),
+            )),
+        ];
         let log = (**manager.log()).clone();
         let listener = match (tcp, listen) {
             (Some(tcp), _) => Some(cluster::serve(
@@ -243,40 +302,91 @@ impl Membership {
             }
             (None, None) => None,
         };
-        let mut managers = vec![state.advertise_addr.clone()];
-        managers.extend(state.managers.iter().cloned());
-        tasks.push(tokio::spawn(heartbeat_loop(tls.client.clone(), managers)));
-        Active {
-            state,
-            manager: Some(manager),
-            listener,
-            tasks,
-        }
+        (listener, tasks)
     }
 
     fn start_worker(&self, state: SwarmState, tls: &Tls) -> Active {
         self.slot.set(None);
         self.slot.set_worker(true);
-        let tasks = vec![tokio::spawn(heartbeat_loop(
-            tls.client.clone(),
-            state.managers.clone(),
-        ))];
+        let node_tasks = self.start_node_tasks(tls, state.managers.clone());
         Active {
             state,
             manager: None,
             listener: None,
-            tasks,
+            tasks: Vec::new(),
+            node_tasks,
         }
+    }
+
+    /// A manager whose key file is sealed: nothing runs (it has no usable TLS key, and no raft
+    /// key) until `swarm unlock`.
+    fn start_locked(&self, state: SwarmState) -> Active {
+        tracing::warn!(node_id = %state.node_id, "this manager is locked: run shoal swarm unlock");
+        self.slot.set_worker(false);
+        self.slot.set_locked();
+        Active {
+            state,
+            manager: None,
+            listener: None,
+            tasks: Vec::new(),
+            node_tasks: Vec::new(),
+        }
+    }
+
+    /// `swarm unlock`: opens the locked manager's keys with the unlock key and resumes it.
+    async fn unlock(&self, request: UnlockRequest) -> Result<(), ManagerError> {
+        let mut active = self.active.lock().await;
+        let state = match active.as_ref() {
+            Some(current) if self.slot.is_locked() => current.state.clone(),
+            Some(_) => {
+                return Err(ManagerError::FailedPrecondition(
+                    "this node is not locked".to_owned(),
+                ));
+            }
+            None => {
+                return Err(ManagerError::FailedPrecondition(
+                    "this node is not part of a swarm".to_owned(),
+                ));
+            }
+        };
+        autolock::unlock(self.data_root.vault(), &request.unlock_key)?;
+        let resumed = self.resume(state).await.map_err(|e| {
+            ManagerError::Internal(format!("unlocked, but the manager did not start: {e:#}"))
+        })?;
+        *active = Some(resumed);
+        tracing::info!("manager unlocked");
+        Ok(())
+    }
+
+    /// The heartbeat session with `managers` and the renewal agent that follows it.
+    fn start_node_tasks(&self, tls: &Tls, managers: Vec<String>) -> Vec<JoinHandle<()>> {
+        let session = renewal::Session::new(managers.clone());
+        let agent = renewal::DaemonNode {
+            membership: self.me.clone(),
+            tls: tls.clone(),
+            session: session.clone(),
+        };
+        let roles = session.watch_role();
+        vec![
+            tokio::spawn(heartbeat_loop(tls.client.clone(), managers, session)),
+            tokio::spawn(renewal::run(agent, renewal::SystemClock, roles)),
+        ]
     }
 
     fn raft_config(&self, raft_id: u64) -> RaftConfig {
         let mut config = RaftConfig::new(raft_id, self.data_root.raft_dir());
         config.group_commit = self.options.group_commit;
+        config.cipher = Some(self.data_root.vault().cipher());
         config
     }
 
     async fn init(&self, request: InitRequest) -> anyhow::Result<InitResponse, ManagerError> {
         let mut active = self.active.lock().await;
+        if self.slot.is_locked() {
+            return Err(ManagerError::FailedPrecondition(
+                "this manager is locked: run shoal swarm unlock".to_owned(),
+            ));
+        }
         if request.force_new_cluster && active.is_some() {
             return self.force_new_cluster(&mut active, request).await;
         }
@@ -466,7 +576,13 @@ impl Membership {
             cert_pem: issued.cert_pem.clone(),
             root_ca_pem: root.cert_pem().to_owned(),
         };
-        certs.save(&self.data_root.certificates_dir())?;
+        // Autolocked from the start: sealed before anything else is written.
+        let unlock_key = shoal_manager::autolock::autolock_enabled(Some(&spec))
+            .then(shoal_pki::UnlockKey::generate)
+            .transpose()?;
+        self.data_root
+            .vault()
+            .save_new(&certs, unlock_key.clone())?;
         let tls = Tls::new(&certs)?;
 
         let store = Store::new();
@@ -486,6 +602,7 @@ impl Membership {
                 description: host::description(),
                 node_addr: advertise.ip().to_string(),
                 manager_addr: state.advertise_addr.clone(),
+                unlock_key: unlock_key.as_ref(),
             };
             manager.commit(bootstrap.transaction()).await?;
             anyhow::Ok(manager)
@@ -590,13 +707,18 @@ impl Membership {
             cluster_id: issued.cluster_id.clone(),
             raft_id: issued.raft_id,
             role: role.to_owned(),
-            advertise_addr: issued.advertise_addr.clone(),
+            // A worker keeps the address it asked for: a promotion offers it to the CA again.
+            advertise_addr: if issued.advertise_addr.is_empty() {
+                advertise.map(|a| a.to_string()).unwrap_or_default()
+            } else {
+                issued.advertise_addr.clone()
+            },
             listen_addr: listen.to_string(),
             managers: vec![remote.clone()],
         };
         let started = async {
             self.data_root.save_state(&state)?;
-            certs.save(&self.data_root.certificates_dir())?;
+            self.data_root.vault().save_new(&certs, None)?;
             anyhow::Ok(())
         }
         .await;
@@ -758,8 +880,11 @@ impl Membership {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        let certs = NodeCertificates::load(&self.data_root.certificates_dir())
-            .map_err(|e| e.to_string())?;
+        let certs = self
+            .data_root
+            .vault()
+            .certificates()
+            .map_err(|e| format!("{e:#}"))?;
         let client = Arc::new(shoal_pki::client_config(&certs).map_err(|e| e.to_string())?);
         let channel = cluster::channel(&state.advertise_addr, client)?;
         RaftMembershipClient::new(channel)
@@ -796,6 +921,10 @@ impl Membership {
             .parse::<SocketAddr>()
             .map(|a| a.ip().to_string())
             .unwrap_or_default();
+        if self.slot.is_locked() {
+            info.state = LocalNodeState::Locked as i32;
+            return info;
+        }
         let Some(manager) = current.manager.as_ref() else {
             info.remote_managers = current.state.managers.clone();
             return info;
@@ -808,6 +937,15 @@ impl Membership {
             last_applied: status.last_applied.unwrap_or(0),
             leader_raft_id: status.leader_id.unwrap_or(0),
             voters: status.voters.len() as u32,
+            snapshot_index: status.snapshot_index.unwrap_or(0),
+            first_log_index: status.purged_index.map_or(0, |p| p + 1),
+            snapshot_bytes: status.last_snapshot.map_or(0, |s| s.bytes),
+            snapshot_build_ms: status
+                .last_snapshot
+                .and_then(|s| s.build)
+                .map_or(0, |b| b.as_millis() as u64),
+            snapshot_interval: manager.log().compaction().snapshot_interval,
+            log_entries_for_slow_followers: manager.log().compaction().keep_after_snapshot,
         });
         let view = manager.store().view();
         let nodes = view.list::<Node>();
@@ -953,7 +1091,11 @@ impl Drop for ListenerGuard {
 
 /// The node's session with the managers: a heartbeat every period, moving to the next known
 /// manager when one does not answer.
-async fn heartbeat_loop(client: Arc<ClientConfig>, mut managers: Vec<String>) {
+async fn heartbeat_loop(
+    client: Arc<ClientConfig>,
+    mut managers: Vec<String>,
+    session: Arc<renewal::Session>,
+) {
     let mut channels: HashMap<String, tonic::transport::Channel> = HashMap::new();
     let mut next = 0usize;
     let mut period = FIRST_HEARTBEAT_PERIOD;
@@ -988,6 +1130,7 @@ async fn heartbeat_loop(client: Arc<ClientConfig>, mut managers: Vec<String>) {
                     managers = known;
                     next = 0;
                 }
+                session.heard(answer.role, &managers);
             }
             Ok(Err(status)) => {
                 tracing::debug!(manager = %addr, error = %status.message(), "heartbeat failed");
@@ -1045,10 +1188,21 @@ fn merge_spec(spec: &mut ClusterSpec, given: ClusterSpec) {
     if let Some(orchestration) = given.orchestration {
         spec.orchestration = Some(orchestration);
     }
+    if let (Some(given), Some(raft)) = (given.raft, spec.raft.as_mut()) {
+        if given.snapshot_interval != 0 {
+            raft.snapshot_interval = given.snapshot_interval;
+        }
+        if given.log_entries_for_slow_followers != 0 {
+            raft.log_entries_for_slow_followers = given.log_entries_for_slow_followers;
+        }
+    }
     if let Some(dispatcher) = given.dispatcher
         && dispatcher.heartbeat_period_ms != 0
     {
         spec.dispatcher = Some(dispatcher);
+    }
+    if let Some(encryption) = given.encryption {
+        spec.encryption = Some(encryption);
     }
     if let Some(annotations) = given.annotations
         && !annotations.labels.is_empty()
@@ -1100,11 +1254,36 @@ impl Swarm for SwarmApi {
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         Ok(Response::new(self.membership.info().await))
     }
+
+    async fn unlock(
+        &self,
+        request: Request<UnlockRequest>,
+    ) -> Result<Response<UnlockResponse>, Status> {
+        self.membership.unlock(request.into_inner()).await?;
+        Ok(Response::new(UnlockResponse {}))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn init_raft_settings_override_only_what_was_given() {
+        let mut spec = default_cluster_spec();
+        let given = ClusterSpec {
+            raft: Some(shoal_api::v1::RaftSettings {
+                snapshot_interval: 25,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        merge_spec(&mut spec, given);
+        let raft = spec.raft.unwrap();
+        assert_eq!(raft.snapshot_interval, 25);
+        assert_eq!(raft.log_entries_for_slow_followers, 500);
+        assert_eq!(raft.heartbeat_interval_ms, 100);
+    }
 
     #[test]
     fn addresses() {
