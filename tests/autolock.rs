@@ -198,15 +198,13 @@ fn autolocked_managers_need_the_key_after_a_restart() {
         &addr(n1),
     ])
     .ok();
+    // The CA handed the key over with the certificate: m2 is sealed the moment the join returns.
+    assert!(sealed_with(&m2, &key), "m2 wrote its keys in clear");
     m1.cli_with_stdin(
         &["config", "create", "marked", "-"],
         Some(MARKER.as_bytes()),
     )
     .ok();
-    // The joined manager learns the key from the replicated cluster object and seals itself.
-    wait_for(Duration::from_secs(30), "m2 to seal under the key", || {
-        sealed_with(&m2, &key).then_some(())
-    });
     wait_for(Duration::from_secs(30), "m2 to hold the config", || {
         m2.cli(&["config", "ls"])
             .stdout
@@ -218,10 +216,9 @@ fn autolocked_managers_need_the_key_after_a_restart() {
             NodeCertificates::load_protected(&certificates(m), Some(&key)).unwrap();
         protection.data_keys.len()
     };
-    // m1 was sealed from birth: its one data key never touched the disk in clear. m2 joined in
-    // clear, so sealing gave it a new data key for everything written from then on.
+    // Both were sealed from birth: their one data key never touched the disk in clear.
     assert_eq!(data_keys(&m1), 1);
-    assert_eq!(data_keys(&m2), 2);
+    assert_eq!(data_keys(&m2), 1);
     for m in [&m1, &m2] {
         assert_nowhere(m, MARKER.as_bytes(), "the config's data");
         assert_nowhere(m, key.as_bytes(), "the unlock key");
@@ -251,6 +248,34 @@ fn autolocked_managers_need_the_key_after_a_restart() {
     w1.restart();
     assert_eq!(info_state(&w1), "active");
     assert!(!NodeCertificates::is_sealed(&certificates(&w1)).unwrap());
+
+    // A worker promoted into the autolocked swarm gets the key with its manager certificate and
+    // is sealed before its log exists: one data key, never on disk in clear. Demoted, it is a
+    // worker in clear again.
+    let is_manager = |d: &Daemon| {
+        let out = d.cli(&["info", "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_str(out.ok()).unwrap();
+        v["Swarm"]["ControlAvailable"].as_bool() == Some(true)
+    };
+    let w1_id = {
+        let out = w1.cli(&["info", "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_str(out.ok()).unwrap();
+        v["Swarm"]["NodeID"].as_str().unwrap().to_owned()
+    };
+    m1.cli(&["node", "promote", &w1_id]).ok();
+    wait_for(Duration::from_secs(30), "w1 to run as a manager", || {
+        (is_manager(&w1) && sealed_with(&w1, &key)).then_some(())
+    });
+    assert_eq!(
+        data_keys(&w1),
+        1,
+        "the promoted worker wrote a data key in clear"
+    );
+    m1.cli(&["node", "demote", &w1_id]).ok();
+    wait_for(Duration::from_secs(30), "w1 to be a worker again", || {
+        (!is_manager(&w1) && NodeCertificates::is_sealed(&certificates(&w1)).ok() == Some(false))
+            .then_some(())
+    });
 
     // Restarted, m1 is locked: its socket answers, nothing else runs.
     m1.restart();
@@ -355,7 +380,7 @@ fn autolocked_managers_need_the_key_after_a_restart() {
             NodeCertificates::load_protected(&certificates(m), Some(&again)).unwrap();
         protection.data_keys.len()
     };
-    assert_eq!((keys(&m1), keys(&m2)), (2, 3));
+    assert_eq!((keys(&m1), keys(&m2)), (2, 2));
     m2.restart();
     assert_eq!(info_state(&m2), "locked");
     unlock(&m2, &again.to_string()).ok();

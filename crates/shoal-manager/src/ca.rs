@@ -207,6 +207,7 @@ async fn issue(
         })
         .await?;
     tracing::info!(%node_id, %role, raft_id, "issued a certificate to a joining node");
+    let (unlock_key, unlock_key_version) = unlock_key_for(role, &cluster);
     Ok(IssueNodeCertificateResponse {
         node_id,
         cluster_id: cluster.id,
@@ -215,6 +216,8 @@ async fn issue(
         root_ca: String::from_utf8_lossy(&root.ca_cert).into_owned(),
         raft_id,
         advertise_addr: manager_addr,
+        unlock_key,
+        unlock_key_version,
     })
 }
 
@@ -339,13 +342,27 @@ async fn renew_once(
     actions.push(update(node));
     manager.commit(Transaction { actions }).await?;
     tracing::info!(%node_id, %role, serial = %issued.serial_hex, "renewed a node certificate");
+    let (unlock_key, unlock_key_version) = unlock_key_for(role, &cluster);
     Ok(RenewNodeCertificateResponse {
         role: node_role(role) as i32,
         certificate: issued.cert_pem,
         root_ca: String::from_utf8_lossy(&root.ca_cert).into_owned(),
         raft_id,
         advertise_addr,
+        unlock_key,
+        unlock_key_version,
     })
+}
+
+/// The unlock key a manager of an autolocked swarm is handed with its certificate, and the
+/// version of the cluster object it was read from (as read: any later change to the key has a
+/// higher version, so the node never mistakes a later rotation for a replay of history).
+fn unlock_key_for(role: Role, cluster: &Cluster) -> (Vec<u8>, u64) {
+    if role == Role::Manager && !cluster.unlock_key.is_empty() {
+        (cluster.unlock_key.clone(), cluster.version())
+    } else {
+        (Vec::new(), 0)
+    }
 }
 
 /// A follower forwards renewals with the caller's identity, which the leader believes only from

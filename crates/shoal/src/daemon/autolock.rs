@@ -87,17 +87,19 @@ impl Vault {
     }
 
     /// Writes the identity of a node entering a swarm (init or join), sealed under `unlock`
-    /// when the swarm is autolocked from the start. Data keys come with the first raft open.
+    /// when the swarm is autolocked from the start; `key_version` is the version of the
+    /// cluster object that key came from (0 at init). Data keys come with the first raft open.
     pub(crate) fn save_new(
         &self,
         certs: &NodeCertificates,
         unlock: Option<UnlockKey>,
+        key_version: u64,
     ) -> anyhow::Result<()> {
         let mut state = self.lock();
         let protection = KeyProtection {
             data_keys: Vec::new(),
             unlock_key: unlock,
-            key_version: 0,
+            key_version,
         };
         certs.save(&self.dir, &protection)?;
         adopt(&mut state, protection);
@@ -357,7 +359,9 @@ mod tests {
         let dir = tmp.path().join("certificates");
         let root = RootCa::generate().unwrap();
         let vault = Vault::new(dir.clone());
-        vault.save_new(&certs(&root, Role::Manager), None).unwrap();
+        vault
+            .save_new(&certs(&root, Role::Manager), None, 0)
+            .unwrap();
         assert_eq!(vault.cipher().current_key_id(), None);
         vault.ensure_data_key(&tmp.path().join("raft")).unwrap();
         vault.ensure_data_key(&tmp.path().join("raft")).unwrap();
@@ -424,7 +428,7 @@ mod tests {
         let dir = tmp.path().join("certificates");
         let vault = Vault::new(dir.clone());
         vault
-            .save_new(&certs(&RootCa::generate().unwrap(), Role::Manager), None)
+            .save_new(&certs(&RootCa::generate().unwrap(), Role::Manager), None, 0)
             .unwrap();
         // A log from a build without encryption at rest: no key is made up for it, so opening
         // it fails on its format and the data root is left as it was.
@@ -449,7 +453,7 @@ mod tests {
         {
             let vault = Vault::new(dir.clone());
             vault
-                .save_new(&certs(&root, Role::Manager), Some(key.clone()))
+                .save_new(&certs(&root, Role::Manager), Some(key.clone()), 0)
                 .unwrap();
             vault.ensure_data_key(&tmp.path().join("raft")).unwrap();
         }

@@ -582,7 +582,7 @@ impl Membership {
             .transpose()?;
         self.data_root
             .vault()
-            .save_new(&certs, unlock_key.clone())?;
+            .save_new(&certs, unlock_key.clone(), 0)?;
         let tls = Tls::new(&certs)?;
 
         let store = Store::new();
@@ -718,7 +718,15 @@ impl Membership {
         };
         let started = async {
             self.data_root.save_state(&state)?;
-            self.data_root.vault().save_new(&certs, None)?;
+            // A manager joining an autolocked swarm is sealed from its first write.
+            let unlock = if role == "manager" && !issued.unlock_key.is_empty() {
+                Some(shoal_pki::UnlockKey::from_bytes(&issued.unlock_key)?)
+            } else {
+                None
+            };
+            self.data_root
+                .vault()
+                .save_new(&certs, unlock, issued.unlock_key_version)?;
             anyhow::Ok(())
         }
         .await;

@@ -61,7 +61,13 @@ pub(super) async fn keep_renewed(
         active.state = state;
     }
     // Through the vault: it keeps the key file's protection (data keys, autolock seal).
-    membership.data_root.vault().save(certs)?;
+    let vault = membership.data_root.vault();
+    vault.save(certs)?;
+    // A promotion into an autolocked swarm is sealed before the manager's log exists.
+    if promoted && !answer.unlock_key.is_empty() {
+        let key = shoal_pki::UnlockKey::from_bytes(&answer.unlock_key)?;
+        vault.set_unlock_key(Some(key), answer.unlock_key_version)?;
+    }
     Ok(())
 }
 
