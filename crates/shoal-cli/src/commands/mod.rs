@@ -423,6 +423,21 @@ mod tests {
         assert_eq!(usage(&["node", "ls", "-f", "colour=red"]), 2);
         assert_eq!(usage(&["swarm", "join-token", "admin"]), 2);
         assert_eq!(usage(&["swarm", "join", "10.0.0.1"]), 2);
+        // A forced new cluster keeps the swarm's settings: `swarm update` changes them.
+        assert_eq!(
+            usage(&["swarm", "init", "--force-new-cluster", "--autolock"]),
+            2
+        );
+        assert_eq!(
+            usage(&[
+                "swarm",
+                "init",
+                "--force-new-cluster",
+                "--cert-expiry",
+                "2h"
+            ]),
+            2
+        );
         assert_eq!(
             usage(&["node", "inspect", "--pretty", "--format", "json", "n"]),
             2

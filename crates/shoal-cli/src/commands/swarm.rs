@@ -40,7 +40,14 @@ pub struct InitArgs {
     #[arg(long, value_name = "ADDR[:PORT]")]
     listen_addr: Option<String>,
     /// Force create a new cluster from current state
-    #[arg(long)]
+    // It keeps the swarm's settings as they are: change them afterwards with `swarm update`.
+    #[arg(long, conflicts_with_all = [
+        "autolock",
+        "cert_expiry",
+        "task_history_limit",
+        "snapshot_interval",
+        "log_entries_for_slow_followers",
+    ])]
     force_new_cluster: bool,
     /// Enable manager autolocking (requiring an unlock key to start a stopped manager)
     #[arg(long)]
