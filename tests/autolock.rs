@@ -5,31 +5,13 @@
 //! known config's data never appears in any file of a data root.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shoal_pki::{NodeCertificates, UnlockKey};
 use shoal_testkit::Daemon;
+use shoal_testkit::swarm::{addr, start, wait_for};
 
 const MARKER: &str = "autolock-marker-7f3a9c1e";
-
-fn start(dir: &Path, name: &str) -> Daemon {
-    Daemon::start_in(&dir.join(name), &["--bridge", "none"])
-}
-
-fn addr(n: u8) -> String {
-    format!("127.0.0.{n}:2377")
-}
-
-fn wait_for<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn certificates(daemon: &Daemon) -> std::path::PathBuf {
     daemon.data_root().join("swarm/certificates")

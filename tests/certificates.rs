@@ -4,7 +4,7 @@
 //! attacker can do with the CA: an expired certificate of the real root, a forged or
 //! wrong-role join token, a revoked node asking for renewal.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,63 +21,9 @@ use shoal_pki::{
 };
 use shoal_raft::{GrpcNetwork, RaftConfig, ReplicatedLog, StorageCipher};
 use shoal_store::Store;
-use shoal_testkit::{CliOutput, Daemon};
+use shoal_testkit::Daemon;
+use shoal_testkit::swarm::{addr, init, join, start, token, wait_for};
 use tonic::transport::{Channel, Endpoint};
-
-fn start(dir: &Path, name: &str) -> Daemon {
-    Daemon::start_in(&dir.join(name), &["--bridge", "none"])
-}
-
-fn addr(n: u8) -> String {
-    format!("127.0.0.{n}:2377")
-}
-
-fn init(daemon: &Daemon, n: u8) {
-    daemon
-        .cli(&[
-            "swarm",
-            "init",
-            "--advertise-addr",
-            &addr(n),
-            "--listen-addr",
-            &addr(n),
-        ])
-        .ok();
-}
-
-fn token(manager: &Daemon, role: &str) -> String {
-    manager
-        .cli(&["swarm", "join-token", "-q", role])
-        .ok()
-        .trim()
-        .to_owned()
-}
-
-fn join(daemon: &Daemon, token: &str, n: u8, via: u8) -> CliOutput {
-    daemon.cli(&[
-        "swarm",
-        "join",
-        "--token",
-        token,
-        "--advertise-addr",
-        &addr(n),
-        "--listen-addr",
-        &addr(n),
-        &addr(via),
-    ])
-}
-
-#[track_caller]
-fn wait_for<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// [`wait_for`], showing the end of `daemon`'s log (info and above) when it times out.
 #[track_caller]

@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,51 +11,9 @@ use shoal_api::v1::control_client::ControlClient;
 use shoal_api::v1::dispatcher_client::DispatcherClient;
 use shoal_api::v1::{HeartbeatRequest, ListNodesRequest};
 use shoal_pki::{NodeCertRequest, NodeCertificates, NodeKey, Role, RootCa};
-use shoal_testkit::{CliOutput, Daemon};
+use shoal_testkit::Daemon;
+use shoal_testkit::swarm::{addr, init, join, start, token, wait_for};
 use tonic::transport::{Channel, Endpoint};
-
-fn start(dir: &Path, name: &str) -> Daemon {
-    Daemon::start_in(&dir.join(name), &["--bridge", "none"])
-}
-
-fn addr(n: u8) -> String {
-    format!("127.0.0.{n}:2377")
-}
-
-fn init(daemon: &Daemon, n: u8) {
-    daemon
-        .cli(&[
-            "swarm",
-            "init",
-            "--advertise-addr",
-            &addr(n),
-            "--listen-addr",
-            &addr(n),
-        ])
-        .ok();
-}
-
-fn token(manager: &Daemon, role: &str) -> String {
-    manager
-        .cli(&["swarm", "join-token", "-q", role])
-        .ok()
-        .trim()
-        .to_owned()
-}
-
-fn join(daemon: &Daemon, token: &str, n: u8, via: u8) -> CliOutput {
-    daemon.cli(&[
-        "swarm",
-        "join",
-        "--token",
-        token,
-        "--advertise-addr",
-        &addr(n),
-        "--listen-addr",
-        &addr(n),
-        &addr(via),
-    ])
-}
 
 /// `node ls` rows as (id, status, manager status).
 fn nodes(daemon: &Daemon) -> Option<Vec<(String, String, String)>> {
@@ -75,17 +32,6 @@ fn nodes(daemon: &Daemon) -> Option<Vec<(String, String, String)>> {
         .collect();
     rows.sort();
     Some(rows)
-}
-
-fn wait_for<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn certs_of(daemon: &Daemon) -> NodeCertificates {

@@ -4,89 +4,17 @@
 //! refuses writes promptly and converges to the majority's history once the network heals.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shoal_testkit::CliOutput;
-use shoal_testkit::cluster::{Cluster, Host};
+use shoal_testkit::cluster::{Cluster, Host, can_run};
+use shoal_testkit::swarm::{cli_within, wait_for};
 
 /// The port every manager listens on, as in Docker.
 const PORT: u16 = 2377;
 /// A write that takes longer than this is a hang, not a refusal.
 const WRITE_LIMIT: Duration = Duration::from_secs(15);
-
-fn can_run() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: the cluster harness needs root");
-        return false;
-    }
-    for tool in ["ip", "nft", "nsenter"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            eprintln!("skipped: {tool} is missing");
-            return false;
-        }
-    }
-    let built = std::env::var_os("SHOAL_BIN").is_some()
-        || std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().and_then(Path::parent).map(Path::to_owned))
-            .is_some_and(|profile| {
-                profile.join("shoal").exists() && profile.join("shoal-shim").exists()
-            });
-    if !built {
-        eprintln!("skipped: shoal and shoal-shim are not built (cargo build -p shoal --bins)");
-    }
-    built
-}
-
-#[track_caller]
-fn wait_for<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Runs the CLI against `host` (a `-H` value), killing it after `limit`: a hung CLI must fail
-/// the test rather than stall it. Returns the output and how long it took.
-fn cli_within(host: &str, args: &[&str], stdin: &[u8], limit: Duration) -> (CliOutput, Duration) {
-    let started = Instant::now();
-    let mut child = Command::new(shoal_testkit::shoal_binary())
-        .arg("-H")
-        .arg(host)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn shoal CLI");
-    {
-        let mut pipe = child.stdin.take().expect("stdin is piped");
-        let _ = pipe.write_all(stdin);
-    }
-    // The outputs here are a line or two: they fit the pipes, so polling cannot deadlock.
-    while child.try_wait().expect("poll shoal CLI").is_none() {
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let output: CliOutput = child.wait_with_output().expect("wait for shoal CLI").into();
-    (output, started.elapsed())
-}
 
 /// `config create NAME -` on `host`; true when it was acknowledged.
 fn create_config(host: &str, name: &str) -> bool {

@@ -9,16 +9,14 @@
 //! other, only that manager can gather a majority of the four voters.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use shoal_api::v1::control_client::ControlClient;
 use shoal_api::v1::{GetConfigRequest, ListConfigsRequest};
 use shoal_testkit::CliOutput;
-use shoal_testkit::cluster::{Cluster, Host};
+use shoal_testkit::cluster::{Cluster, Host, can_run};
+use shoal_testkit::swarm::wait_for;
 
 const PORT: u16 = 2377;
 /// Configs of the largest size the control API accepts (1000 KiB): 52 of them are 53 MB.
@@ -33,71 +31,9 @@ const OVER_ANY_MESSAGE: u64 = 16 << 20;
 /// A CLI call that takes longer is a hang.
 const CALL_LIMIT: Duration = Duration::from_secs(60);
 
-fn can_run() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: the cluster harness needs root");
-        return false;
-    }
-    for tool in ["ip", "nft", "nsenter"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            eprintln!("skipped: {tool} is missing");
-            return false;
-        }
-    }
-    let built = std::env::var_os("SHOAL_BIN").is_some()
-        || std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().and_then(Path::parent).map(Path::to_owned))
-            .is_some_and(|profile| {
-                profile.join("shoal").exists() && profile.join("shoal-shim").exists()
-            });
-    if !built {
-        eprintln!("skipped: shoal and shoal-shim are not built (cargo build -p shoal --bins)");
-    }
-    built
-}
-
 #[track_caller]
-fn wait_for<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Runs the CLI against `host` (a `-H` value) with `stdin`, killed after `limit`.
 fn cli_within(host: &str, args: &[&str], stdin: &[u8], limit: Duration) -> CliOutput {
-    let started = Instant::now();
-    let mut child = Command::new(shoal_testkit::shoal_binary())
-        .arg("-H")
-        .arg(host)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn shoal CLI");
-    {
-        let mut pipe = child.stdin.take().expect("stdin is piped");
-        let _ = pipe.write_all(stdin);
-    }
-    // The outputs here are a few lines: they fit the pipes, so polling cannot deadlock.
-    while child.try_wait().expect("poll shoal CLI").is_none() {
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().expect("wait for shoal CLI").into()
+    shoal_testkit::swarm::cli_within(host, args, stdin, limit).0
 }
 
 #[track_caller]

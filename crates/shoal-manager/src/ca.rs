@@ -130,34 +130,9 @@ async fn issue(
         }
         Role::Worker => (0, String::new()),
     };
-    let ca = RootCa::from_pem(
-        &String::from_utf8_lossy(&root.ca_cert),
-        &String::from_utf8_lossy(&root.ca_key),
-    )
-    .map_err(|e| ManagerError::Internal(format!("cannot load the root CA: {e}")))?;
-    let expiry = cluster
-        .spec
-        .as_ref()
-        .and_then(|s| s.ca.as_ref())
-        .map_or(DEFAULT_CERT_EXPIRY_SECS, |c| c.node_cert_expiry_secs);
-    let issued = ca
-        .sign_node(
-            &request.csr,
-            &NodeCertRequest {
-                node_id: node_id.clone(),
-                role,
-                cluster_id: cluster.id.clone(),
-                validity: Duration::from_secs(expiry),
-            },
-        )
-        .map_err(|e| {
-            ManagerError::InvalidArgument(format!("invalid certificate signing request: {e}"))
-        })?;
+    let issued = sign(&cluster, &root, &request.csr, &node_id, role)?;
 
-    let node_role = match role {
-        Role::Manager => NodeRole::Manager,
-        Role::Worker => NodeRole::Worker,
-    };
+    let node_role = node_role(role);
     let now = now_timestamp();
     let mut description = request.description.clone().unwrap_or_default();
     if description.hostname.is_empty() {
@@ -187,15 +162,7 @@ async fn issue(
             leader: false,
             reachability: Reachability::Unknown as i32,
         }),
-        certificate: Some(NodeCertificate {
-            role: node_role as i32,
-            csr: Vec::new(),
-            state: IssuanceState::Issued as i32,
-            certificate: issued.cert_pem.clone().into_bytes(),
-            common_name: node_id.clone(),
-            serial: issued.serial_hex.clone(),
-            not_after: Some(prost_types::Timestamp::from(issued.not_after)),
-        }),
+        certificate: Some(certificate_record(&issued, &node_id, role)),
         role: node_role as i32,
     };
     let version = cluster.version();
@@ -226,6 +193,54 @@ fn role_of(node: &Node) -> Role {
         Role::Manager
     } else {
         Role::Worker
+    }
+}
+
+/// Signs `csr` for `node_id` in `role` with the cluster's root, valid for the cluster's
+/// certificate expiry.
+fn sign(
+    cluster: &Cluster,
+    root: &shoal_api::v1::RootCa,
+    csr: &str,
+    node_id: &str,
+    role: Role,
+) -> Result<shoal_pki::IssuedCert, ManagerError> {
+    let ca = RootCa::from_pem(
+        &String::from_utf8_lossy(&root.ca_cert),
+        &String::from_utf8_lossy(&root.ca_key),
+    )
+    .map_err(|e| ManagerError::Internal(format!("cannot load the root CA: {e}")))?;
+    let expiry = cluster
+        .spec
+        .as_ref()
+        .and_then(|s| s.ca.as_ref())
+        .map_or(DEFAULT_CERT_EXPIRY_SECS, |c| c.node_cert_expiry_secs);
+    ca.sign_node(
+        csr,
+        &NodeCertRequest {
+            node_id: node_id.to_owned(),
+            role,
+            cluster_id: cluster.id.clone(),
+            validity: Duration::from_secs(expiry),
+        },
+    )
+    .map_err(|e| ManagerError::InvalidArgument(format!("invalid certificate signing request: {e}")))
+}
+
+/// What the Node records of the certificate it was just issued.
+fn certificate_record(
+    issued: &shoal_pki::IssuedCert,
+    node_id: &str,
+    role: Role,
+) -> NodeCertificate {
+    NodeCertificate {
+        role: node_role(role) as i32,
+        csr: Vec::new(),
+        state: IssuanceState::Issued as i32,
+        certificate: issued.cert_pem.clone().into_bytes(),
+        common_name: node_id.to_owned(),
+        serial: issued.serial_hex.clone(),
+        not_after: Some(prost_types::Timestamp::from(issued.not_after)),
     }
 }
 
@@ -300,38 +315,8 @@ async fn renew_once(
         cluster.meta_mut().updated_at = Some(now_timestamp());
         actions.push(update(cluster.clone()));
     }
-    let ca = RootCa::from_pem(
-        &String::from_utf8_lossy(&root.ca_cert),
-        &String::from_utf8_lossy(&root.ca_key),
-    )
-    .map_err(|e| ManagerError::Internal(format!("cannot load the root CA: {e}")))?;
-    let expiry = cluster
-        .spec
-        .as_ref()
-        .and_then(|s| s.ca.as_ref())
-        .map_or(DEFAULT_CERT_EXPIRY_SECS, |c| c.node_cert_expiry_secs);
-    let issued = ca
-        .sign_node(
-            &request.csr,
-            &NodeCertRequest {
-                node_id: node_id.to_owned(),
-                role,
-                cluster_id: cluster.id.clone(),
-                validity: Duration::from_secs(expiry),
-            },
-        )
-        .map_err(|e| {
-            ManagerError::InvalidArgument(format!("invalid certificate signing request: {e}"))
-        })?;
-    node.certificate = Some(NodeCertificate {
-        role: node_role(role) as i32,
-        csr: Vec::new(),
-        state: IssuanceState::Issued as i32,
-        certificate: issued.cert_pem.clone().into_bytes(),
-        common_name: node_id.to_owned(),
-        serial: issued.serial_hex.clone(),
-        not_after: Some(prost_types::Timestamp::from(issued.not_after)),
-    });
+    let issued = sign(&cluster, &root, &request.csr, node_id, role)?;
+    node.certificate = Some(certificate_record(&issued, node_id, role));
     let version = node.version();
     node.meta_mut().version = version;
     node.meta_mut().updated_at = Some(now_timestamp());

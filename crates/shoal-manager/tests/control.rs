@@ -1,18 +1,15 @@
 //! The control API against a real one-voter replicated log: validation, optimistic
 //! concurrency, redaction and the refusals that protect the cluster.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_api::v1::control_server::Control;
 use shoal_api::v1::*;
 use shoal_manager::Manager;
-use shoal_manager::bootstrap::{Bootstrap, default_cluster_spec};
 use shoal_manager::control::{ControlApi, ManagerSlot};
-use shoal_manager::state_machine::StoreStateMachine;
-use shoal_pki::{NodeCertRequest, NodeKey, Role, RootCa};
-use shoal_raft::{LocalNetwork, RaftConfig, ReplicatedLog};
-use shoal_store::Store;
 use tonic::{Code, Request};
 
 struct Fixture {
@@ -22,63 +19,15 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::new();
-    let network = LocalNetwork::new();
-    let log = ReplicatedLog::open(
-        RaftConfig::new(1, dir.path().join("raft")),
-        Arc::new(StoreStateMachine::new(store.clone())),
-        network.for_node(1),
-    )
-    .await
-    .unwrap();
-    network.register(&log);
-    log.initialize_single("127.0.0.1:2377".into())
-        .await
-        .unwrap();
-    log.wait_for_leader(Duration::from_secs(10)).await.unwrap();
-    let manager = Arc::new(Manager::new(
-        store,
-        Arc::new(log),
-        "node1".into(),
-        "cluster1".into(),
-    ));
-
-    let root = RootCa::generate().unwrap();
-    let key = NodeKey::generate().unwrap();
-    let issued = root
-        .sign_node(
-            &key.csr_pem().unwrap(),
-            &NodeCertRequest {
-                node_id: "node1".into(),
-                role: Role::Manager,
-                cluster_id: "cluster1".into(),
-                validity: Duration::from_secs(7200),
-            },
-        )
-        .unwrap();
-    let bootstrap = Bootstrap {
-        cluster_id: "cluster1",
-        node_id: "node1",
-        raft_id: 1,
-        root_ca: &root,
-        node_cert: &issued,
-        spec: default_cluster_spec(),
-        description: NodeDescription {
-            hostname: "host-a".into(),
-            ..Default::default()
-        },
-        node_addr: "127.0.0.1".into(),
-        manager_addr: "127.0.0.1:2377".into(),
-        unlock_key: None,
-    };
-    manager.commit(bootstrap.transaction()).await.unwrap();
-    let slot = ManagerSlot::default();
-    slot.set(Some(manager.clone()));
+    let one = common::one_manager(NodeDescription {
+        hostname: "host-a".into(),
+        ..Default::default()
+    })
+    .await;
     Fixture {
-        _dir: dir,
-        api: ControlApi::new(slot),
-        manager,
+        _dir: one.dir,
+        api: ControlApi::new(one.slot),
+        manager: one.manager,
     }
 }
 

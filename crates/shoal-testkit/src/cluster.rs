@@ -31,6 +31,36 @@ use nix::unistd::Pid;
 
 use crate::{CliOutput, Daemon};
 
+/// Whether this machine can run the cluster harness: root, `ip`, `nft` and `nsenter`, and the
+/// `shoal` and `shoal-shim` binaries built. Prints why not when it cannot.
+pub fn can_run() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the cluster harness needs root");
+        return false;
+    }
+    for tool in ["ip", "nft", "nsenter"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            eprintln!("skipped: {tool} is missing");
+            return false;
+        }
+    }
+    let built = std::env::var_os("SHOAL_BIN").is_some()
+        || std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().and_then(Path::parent).map(Path::to_owned))
+            .is_some_and(|profile| {
+                profile.join("shoal").exists() && profile.join("shoal-shim").exists()
+            });
+    if !built {
+        eprintln!("skipped: shoal and shoal-shim are not built (cargo build -p shoal --bins)");
+    }
+    built
+}
+
 /// Start of every namespace, cgroup and reservation name the harness makes.
 pub const PREFIX: &str = "shoaltk";
 /// The nftables table in every host namespace.

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod fixtures;
 pub mod images;
 pub mod registry;
+pub mod swarm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
